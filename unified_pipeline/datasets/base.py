@@ -1,0 +1,96 @@
+"""What every dataset kind provides, and the on-disk tensor format that models read.
+
+A dataset kind (vision, audio, text, transitions, causal, memory) is a module-level object
+implementing `DatasetKind`. The Dagster assets never look inside a kind: they call
+`detect`, `build_manifest`, `build_tensors` and `generate_sample`, and run the kind's
+Great Expectations suite from `unified_pipeline.quality`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from unified_pipeline import atomic
+from unified_pipeline.errors import DatasetError
+
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+
+
+@dataclass
+class PreprocessConfig:
+    """Knobs shared by all kinds; a kind reads the ones it needs and ignores the rest."""
+
+    seed: int = 0
+    fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    image_size: int = 0  # 0: keep the dataset's own size (all images must then agree)
+    sample_rate: int = 16000
+    n_mels: int = 40
+    max_audio_seconds: float = 1.5
+    max_text_len: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TensorBundle:
+    """Preprocessed dataset: named tensors (`<split>/<field>` or plain names) plus JSON facts."""
+
+    tensors: dict[str, Any]
+    meta: dict[str, Any]
+    sidecars: dict[str, Any] = field(default_factory=dict)  # extra JSON files, e.g. raw texts per split
+
+    def split(self, name: str) -> dict[str, Any]:
+        prefix = f"{name}/"
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write into `directory` (which the caller creates atomically via atomic.atomic_dir)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic.save_safetensors(directory / TENSORS_FILE, self.tensors)
+        atomic.write_json(directory / META_FILE, self.meta)
+        for name, obj in self.sidecars.items():
+            atomic.write_json(directory / f"{name}.json", obj)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "TensorBundle":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        tensors = load_file(str(directory / TENSORS_FILE), device=device)
+        sidecars = {
+            p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json")) if p.name != META_FILE
+        }
+        return cls(tensors=tensors, meta=meta, sidecars=sidecars)
+
+
+class DatasetKind(Protocol):
+    name: str  # "vision", "audio", ...
+    description: str
+
+    def detect(self, root: Path) -> bool:
+        """True if the folder looks like this kind (checked cheaply: names and extensions only)."""
+
+    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+        """One row per sample. Columns: sample_id, path (relative), label (or None), sha256
+        (content hash of the sample), size, split, plus decoded facts. Files that cannot be
+        decoded stay in the manifest with decodable=False and error=<reason> so the quality
+        suite names them; layout problems that leave nothing to check raise DatasetError."""
+
+    def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
+        """Decode, resample, normalise, tokenise the manifest's samples into a TensorBundle."""
+
+    def generate_sample(self, dest: Path, seed: int = 0) -> None:
+        """Write the built-in sample dataset of this kind into `dest` (deterministic, offline)."""
+
+
+def require_columns(df: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")

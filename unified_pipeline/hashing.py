@@ -1,0 +1,104 @@
+"""The one place that hashes content.
+
+Dataset versions are a sha256 over (relative path, file sha256) pairs. File hashes are cached
+by (path, size, mtime_ns) in a SQLite file under the run root, so re-observing many unchanged
+files only costs a stat() each.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable
+
+_CHUNK = 1 << 20
+_lock = threading.Lock()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def combine(parts: Iterable[str]) -> str:
+    """Order-sensitive digest of several strings (callers sort when order must not matter)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class HashCache:
+    """sha256 of files, remembered by (absolute path, size, mtime_ns)."""
+
+    def __init__(self, db_path: str | Path | None):
+        self.db_path = Path(db_path) if db_path else None
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self.db_path is None:
+            return None
+        if self._conn is None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+            )
+            self._conn = conn
+        return self._conn
+
+    def hash_files(self, paths: list[Path]) -> dict[Path, str]:
+        db = self._db()
+        out: dict[Path, str] = {}
+        known: dict[str, tuple[int, int, str]] = {}
+        if db is not None and paths:
+            with _lock:
+                rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM files").fetchall()
+            known = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        fresh: list[tuple[str, int, int, str]] = []
+        for p in paths:
+            st = os.stat(p)
+            key = str(p)
+            hit = known.get(key)
+            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+                out[p] = hit[2]
+                continue
+            digest = sha256_file(p)
+            out[p] = digest
+            fresh.append((key, st.st_size, st.st_mtime_ns, digest))
+        if db is not None and fresh:
+            with _lock:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+        return out
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file under root, sorted, skipping hidden files and folders."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                files.append(Path(dirpath) / name)
+    return files
+
+
+def dataset_version(root: str | Path, cache: HashCache | None = None) -> tuple[str, dict[str, str]]:
+    """Content version of a dataset folder and the sha256 of each file by relative path."""
+    root = Path(root)
+    files = list_files(root)
+    hashes = (cache or HashCache(None)).hash_files(files)
+    by_rel = {p.relative_to(root).as_posix(): hashes[p] for p in files}
+    version = combine(f"{rel}:{digest}" for rel, digest in sorted(by_rel.items()))
+    return version, by_rel

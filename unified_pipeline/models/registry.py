@@ -1,0 +1,41 @@
+"""Every trainable model, one line each.
+
+The entry holds only what the Dagster graph needs at import time (cheap: no torch import);
+the model's module is imported inside the training step. Adding a model: one new file in
+`models/` exposing `fit(job) -> FitResult` (see training/job.py) and one line here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    module: str  # module exposing fit(job) -> FitResult and predict helpers
+    dataset_kinds: tuple[str, ...]  # kinds of dataset lane it reads (one dataset per kind unless all_datasets)
+    description: str
+    metric: str  # headline test metric in FitResult.metrics["test"]
+    threshold: float  # asset check passes when the test metric reaches this
+    higher_is_better: bool = True
+    upstream_models: tuple[str, ...] = ()
+    all_datasets: bool = False  # True: one lane per dataset of the kind; False: one dataset
+    default_datasets: tuple[str, ...] = ()  # preferred dataset names when several of a kind exist
+    group: str = "models"
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("vision_service", "unified_pipeline.models.vision_cnn", ("vision",),
+                   "CNN image classifier", "accuracy", 0.98, default_datasets=("digits",)),
+        ModelEntry("audio_service", "unified_pipeline.models.audio_rnn", ("audio",),
+                   "LSTM classifier over log-mel frames", "accuracy", 0.97, default_datasets=("spoken_digits",)),
+        ModelEntry("text_service", "unified_pipeline.models.text_transformer", ("text",),
+                   "Transformer encoder text classifier", "accuracy", 0.80, default_datasets=("langid",)),
+        ModelEntry("multimodal_service", "unified_pipeline.models.multimodal_fusion", ("vision", "audio"),
+                   "Fusion head over the trained vision and audio encoders (digit matching)", "accuracy", 0.90,
+                   upstream_models=("vision_service", "audio_service"),
+                   default_datasets=("digits", "spoken_digits")),
+    ]
+}
