@@ -2,7 +2,7 @@
 
 A dataset kind (vision, audio, text, transitions, causal, memory) is a module-level object
 implementing `DatasetKind`. The Dagster assets never look inside a kind: they call
-`detect`, `build_manifest`, `build_tensors` and `generate_sample`, and run the kind's
+`detect`, `build_manifest`, `build_tensors` and `generate_samples`, and run the kind's
 Great Expectations suite from `unified_pipeline.quality`.
 """
 from __future__ import annotations
@@ -86,8 +86,9 @@ class DatasetKind(Protocol):
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
         """Decode, resample, normalise, tokenise the manifest's samples into a TensorBundle."""
 
-    def generate_sample(self, dest: Path, seed: int = 0) -> None:
-        """Write the built-in sample dataset of this kind into `dest` (deterministic, offline)."""
+    def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
+        """Write this kind's built-in sample dataset(s) as sub-folders of `raw_root`
+        (deterministic from the seed, offline, each folder written atomically) and return them."""
 
 
 def require_columns(df: pd.DataFrame, columns: list[str], source: str) -> None:

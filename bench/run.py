@@ -1,0 +1,23 @@
+"""`make bench`: run the benchmark sections, print tables, write JSON and docs/benchmarks.md."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SECTIONS = {
+    "data": "bench.data_throughput",
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
+    args = p.parse_args()
+    wanted = args.only.split(",") if args.only else list(SECTIONS)
+    for name in wanted:
+        print(f"== {name}")
+        importlib.import_module(SECTIONS[name]).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Every data asset and check of every kind, materialised on tiny data in a temporary root."""
+import json
+import shutil
+
+import pytest
+from dagster import AssetSelection, DagsterInstance, materialize
+
+import tiny_data
+
+
+def lane_assets(defs):
+    graph = defs.resolve_asset_graph()
+    return [graph.get(k).assets_def for k in graph.get_all_asset_keys() if len(k.path) == 2]
+
+
+def run_data(defs, instance, raise_on_error=True):
+    from unified_pipeline.assets.json_io import JsonIOManager
+
+    assets = {id(a): a for a in lane_assets(defs)}.values()
+    return materialize(
+        list(assets),
+        selection=AssetSelection.all() - AssetSelection.groups("models"),
+        instance=instance,
+        resources={"io_manager": JsonIOManager()},
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def all_kinds(home, tmp_path):
+    for make in tiny_data.ALL.values():
+        make(tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def test_all_lanes_materialise_with_passing_checks(all_kinds, home):
+    from unified_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        result = run_data(defs, instance)
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 6 and all(c.passed for c in checks), [c.description for c in checks if not c.passed]
+    for kind_dir in (home / "tensors").iterdir():
+        (version_dir,) = list(kind_dir.iterdir())
+        meta = json.loads((version_dir / "meta.json").read_text())
+        assert meta["dataset"] == kind_dir.name and sum(meta["splits"].values()) > 0
+
+
+def test_bad_lane_fails_alone_and_names_the_file(all_kinds, home):
+    from unified_pipeline.definitions import build_definitions
+
+    bad = all_kinds / "tiny_images" / "1" / "0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    defs = build_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        result = run_data(defs, instance, raise_on_error=False)
+        failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+        assert len(failed) == 1 and failed[0].asset_key.path[0] == "tiny_images"
+        assert "1/0.png" in (failed[0].description or "") + json.dumps(failed[0].metadata.get("expectations").value)
+        materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "tiny_images/tensors" not in materialised
+    assert "tiny_audio/tensors" in materialised and "tiny_text/tensors" in materialised
+    assert not (home / "tensors" / "tiny_images").exists()
+
+
+def test_empty_dataset_folder_is_a_clear_step_failure(all_kinds, home):
+    from unified_pipeline.definitions import build_definitions
+
+    shutil.rmtree(all_kinds / "tiny_text")
+    (all_kinds / "tiny_text").mkdir()
+    (all_kinds / "tiny_text" / "dataset.json").write_text('{"kind": "text"}')
+    defs = build_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        result = run_data(defs, instance, raise_on_error=False)
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1 and "tiny_text" in failures[0].step_key
+    assert "no" in str(failures[0].event_specific_data.error.message).lower()
+    assert result.get_asset_materialization_events()

@@ -1,0 +1,189 @@
+"""One lane of assets per raw dataset: observed files -> manifest (+ GX check) -> tensors."""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    DataVersion,
+    MetadataValue,
+    ObserveResult,
+    Output,
+    asset,
+    observable_source_asset,
+)
+
+from unified_pipeline import atomic
+from unified_pipeline.code_version import code_version
+from unified_pipeline.datasets import KIND_MODULES, DatasetRef, get_kind
+from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
+from unified_pipeline.hashing import HashCache, combine, dataset_version
+from unified_pipeline.paths import unified_home
+
+QUALITY_CHECK = "great_expectations"
+
+
+def raw_key(dataset: str) -> AssetKey:
+    return AssetKey([dataset, "raw_files"])
+
+
+def manifest_key(dataset: str) -> AssetKey:
+    return AssetKey([dataset, "manifest"])
+
+
+def tensors_key(dataset: str) -> AssetKey:
+    return AssetKey([dataset, "tensors"])
+
+
+def hash_cache() -> HashCache:
+    return HashCache(unified_home() / "cache" / "file_hashes.sqlite")
+
+
+def preprocess_config(settings: dict[str, Any]) -> PreprocessConfig:
+    known = {f.name for f in fields(PreprocessConfig)}
+    cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known})
+    cfg.extra.update({k: v for k, v in settings.items() if k not in known})
+    return cfg
+
+
+def manifest_path(dataset: str, version: str) -> Path:
+    return unified_home() / "manifests" / dataset / f"{version[:16]}.jsonl"
+
+
+def read_manifest(path: str | Path):
+    import pandas as pd
+
+    return pd.read_json(path, orient="records", lines=True, dtype=False, convert_dates=False)
+
+
+def build_manifest(ref: DatasetRef) -> tuple[str, Any, Path]:
+    """Hash, read and record one dataset; returns (data version, manifest DataFrame, manifest file)."""
+    version, file_hashes = dataset_version(ref.root, hash_cache())
+    manifest = get_kind(ref.kind).build_manifest(ref.root, file_hashes)
+    path = manifest_path(ref.name, version)
+    atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
+    return version, manifest, path
+
+
+def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: dict[str, Any]) -> tuple[Path, bool]:
+    """Write the dataset's tensors once per (data version, preprocessing settings); returns (folder, reused)."""
+    settings_digest = combine([json.dumps(settings, sort_keys=True), code_version(KIND_MODULES[ref.kind])])[:12]
+    out = unified_home() / "tensors" / ref.name / f"{version[:16]}-{settings_digest}"
+    if (out / META_FILE).exists():
+        return out, True
+    kind = get_kind(ref.kind)
+    bundle = kind.build_tensors(ref.root, read_manifest(manifest_file), preprocess_config(settings))
+    bundle.meta.setdefault("dataset", ref.name)
+    bundle.meta.setdefault("kind", ref.kind)
+    bundle.meta["data_version"] = version
+    try:
+        with atomic.atomic_dir(out) as tmp:
+            bundle.save(tmp)
+    except OSError:
+        if not (out / META_FILE).exists():  # another run finished the same folder first: fine
+            raise
+    return out, False
+
+
+def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
+    """The three assets of one dataset lane."""
+    group = ref.kind
+    lane_code = code_version(KIND_MODULES[ref.kind], f"unified_pipeline.quality.{ref.kind}")
+
+    @observable_source_asset(
+        key=raw_key(ref.name),
+        group_name=group,
+        description=f"Raw {ref.kind} files in {ref.root}; data version = content hash of every file.",
+        metadata={"path": MetadataValue.path(str(ref.root)), "kind": ref.kind},
+    )
+    def raw_files(context) -> ObserveResult:
+        version, files = dataset_version(ref.root, hash_cache())
+        return ObserveResult(
+            data_version=DataVersion(version),
+            metadata={"files": len(files), "data_version": version[:16]},
+        )
+
+    @asset(
+        key=manifest_key(ref.name),
+        deps=[raw_key(ref.name)],
+        group_name=group,
+        kinds={"pandas", "great_expectations"},
+        code_version=lane_code,
+        description=f"One row per {ref.kind} sample of '{ref.name}' with content hash, split and decoded facts.",
+        check_specs=[
+            AssetCheckSpec(
+                QUALITY_CHECK,
+                asset=manifest_key(ref.name),
+                blocking=True,
+                description=f"Great Expectations suite for {ref.kind} data; failure stops this lane.",
+            )
+        ],
+    )
+    def manifest(context):
+        from unified_pipeline.quality.runner import validate
+
+        version, df, path = build_manifest(ref)
+        report = validate(ref.kind, df, settings)
+        value = {"dataset": ref.name, "kind": ref.kind, "data_version": version, "manifest": str(path), "rows": len(df)}
+        preview = df.drop(columns=[c for c in ("text",) if c in df.columns]).head(10)
+        yield Output(
+            value,
+            data_version=DataVersion(version),
+            metadata={
+                "rows": len(df),
+                "data_version": version[:16],
+                "manifest": MetadataValue.path(str(path)),
+                "splits": MetadataValue.json(df["split"].value_counts().to_dict() if "split" in df else {}),
+                "preview": MetadataValue.md(preview.to_markdown(index=False) if _has_tabulate() else preview.to_string()),
+            },
+        )
+        yield AssetCheckResult(
+            check_name=QUALITY_CHECK,
+            asset_key=manifest_key(ref.name),
+            passed=report.success,
+            severity=AssetCheckSeverity.ERROR,
+            description=report.summary(),
+            metadata={"expectations": MetadataValue.json(report.to_metadata())},
+        )
+
+    @asset(
+        key=tensors_key(ref.name),
+        ins={"manifest": AssetIn(manifest_key(ref.name))},
+        group_name=group,
+        kinds={"pytorch", "safetensors"},
+        code_version=lane_code,
+        description=f"Preprocessed tensors of '{ref.name}' (train/val/test), safetensors + meta.json.",
+    )
+    def tensors(context, manifest: dict) -> Output:
+        folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"], settings)
+        meta = json.loads((folder / META_FILE).read_text())
+        value = {"dataset": ref.name, "kind": ref.kind, "data_version": manifest["data_version"], "path": str(folder)}
+        return Output(
+            value,
+            data_version=DataVersion(folder.name),
+            metadata={
+                "path": MetadataValue.path(str(folder)),
+                "reused": reused,
+                "splits": MetadataValue.json(meta.get("splits", {})),
+                "classes": MetadataValue.json(meta.get("classes", [])),
+                "size_bytes": sum(p.stat().st_size for p in folder.iterdir()),
+            },
+        )
+
+    return [raw_files, manifest, tensors]
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True

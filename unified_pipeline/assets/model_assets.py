@@ -1,0 +1,133 @@
+"""One asset per registered model, generated from models/registry.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from unified_pipeline import devices
+from unified_pipeline.assets.data_assets import tensors_key
+from unified_pipeline.assets.plots import image_metadata
+from unified_pipeline.models.registry import ModelEntry
+
+SCENARIO_TAG = "unified/scenario"
+DEFAULT_SCENARIO = "collaborative_training"
+THRESHOLD_CHECK = "reaches_threshold"
+
+
+class TrainConfig(Config):
+    """Run-config overrides (`-c`), applied on top of the preset scenario."""
+
+    scenario: str = ""
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    checkpoint_interval: Optional[int] = None
+    early_stopping_patience: Optional[int] = None
+    seed: Optional[int] = None
+    force_retrain: bool = False
+    threshold: Optional[float] = None
+    preset_path: str = ""
+
+
+def model_key(name: str) -> AssetKey:
+    return AssetKey([name])
+
+
+def _input_name(dataset: str) -> str:
+    return f"data_{dataset}"
+
+
+def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
+    ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
+    ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
+
+    @asset(
+        name=entry.name,
+        key=model_key(entry.name),
+        ins=ins,
+        group_name=entry.group,
+        kinds={"pytorch"},
+        op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE},
+        description=f"{entry.description}. Trains (or reuses an identical version), registers a model version.",
+        check_specs=[
+            AssetCheckSpec(
+                THRESHOLD_CHECK,
+                asset=model_key(entry.name),
+                description=f"test {entry.metric} {'>=' if entry.higher_is_better else '<='} threshold",
+            )
+        ],
+    )
+    def _model(context: AssetExecutionContext, config: TrainConfig, **inputs: dict):
+        from unified_pipeline.presets import load_preset
+        from unified_pipeline.train_model import train_or_reuse
+
+        preset = load_preset(config.preset_path or None)
+        scenario = config.scenario or context.run.tags.get(SCENARIO_TAG, DEFAULT_SCENARIO)
+        if not config.scenario and entry.name not in preset.available_models_for(scenario):
+            # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
+            scenario = DEFAULT_SCENARIO
+        overrides = {
+            k: getattr(config, k)
+            for k in ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
+            if getattr(config, k) is not None
+        }
+        hparams = preset.hparams(scenario, entry.name, overrides)
+        tensor_dirs = {ds: Path(inputs[_input_name(ds)]["path"]) for ds in datasets}
+        outcome = train_or_reuse(
+            entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
+            force=config.force_retrain, scenario=scenario,
+        )
+        test = outcome.metrics.get("test", {})
+        metadata: dict[str, Any] = {
+            "version": outcome.version,
+            "status": "up to date (reused)" if outcome.reused else "trained",
+            "promotion": outcome.promotion_note,
+            "device": outcome.device,
+            "fingerprint": outcome.fingerprint[:16],
+            "data_versions": MetadataValue.json(outcome.data_versions),
+            "location": MetadataValue.path(outcome.path),
+            "metrics": MetadataValue.json(outcome.metrics),
+            "hyperparameters": MetadataValue.json(hparams),
+        }
+        for k, v in test.items():
+            if isinstance(v, (int, float)):
+                metadata[f"test_{k}"] = float(v)
+        if not outcome.reused:
+            metadata.update(
+                {
+                    "parameters": outcome.param_count,
+                    "epochs": outcome.epochs_run,
+                    "wall_time_s": round(outcome.wall_time_s, 2),
+                    "samples_per_s": round(outcome.samples_per_s, 1),
+                    "resumed_from": outcome.resumed_from or "",
+                }
+            )
+            for title, png in outcome.plots.items():
+                if Path(png).exists():
+                    metadata[f"plot_{title}"] = image_metadata(title, Path(png))
+        yield Output(outcome.to_json(), metadata=metadata)
+        value = test.get(entry.metric)
+        threshold = config.threshold if config.threshold is not None else entry.threshold
+        passed = value is not None and (value >= threshold if entry.higher_is_better else value <= threshold)
+        yield AssetCheckResult(
+            check_name=THRESHOLD_CHECK,
+            asset_key=model_key(entry.name),
+            passed=bool(passed),
+            severity=AssetCheckSeverity.WARN,
+            metadata={"metric": entry.metric, "value": float(value) if value is not None else -1.0, "threshold": threshold},
+        )
+
+    return _model

@@ -1,0 +1,118 @@
+"""The one Definitions object: data lanes, model assets, checks, jobs, schedule, sensor.
+
+Kept cheap to import (no torch): every step of the multiprocess executor imports it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    multiprocess_executor,
+)
+
+from unified_pipeline import devices
+from unified_pipeline.assets.data_assets import lane_assets
+from unified_pipeline.assets.graph import trainable_models
+from unified_pipeline.assets.json_io import JsonIOManager
+from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, model_key
+from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
+from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
+from unified_pipeline.datasets import discover
+from unified_pipeline.models.registry import MODELS
+from unified_pipeline.presets import ALL_DATASETS, load_preset
+
+warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
+try:  # beta / preview warnings of observable source assets and checks
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+except ImportError:  # pragma: no cover
+    pass
+
+DATA_JOB = "data_lane"
+MAIN_JOB = "collaborative_training"
+
+
+def executor_config() -> dict:
+    """Model steps (device-tagged) never exceed the device slots; data steps fill the rest."""
+    return {
+        "max_concurrent": max(devices.total_slots() + 2, 2),
+        "start_method": {"forkserver": {}},
+        "tag_concurrency_limits": [
+            {"key": devices.DEVICE_TAG, "value": devices.DEVICE_TAG_VALUE, "limit": devices.total_slots()}
+        ],
+    }
+
+
+def build_definitions() -> Definitions:
+    preset = load_preset()
+    refs = discover()
+    data_assets = []
+    for ref in refs:
+        data_assets += lane_assets(ref, preset.preprocess(ref.kind))
+    prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
+    models = trainable_models(refs, prefs)
+    model_assets = [model_asset(MODELS[m], ds) for m, ds in models.items()]
+    if models:
+        model_assets.append(summary_asset(list(models)))
+
+    jobs = [
+        define_asset_job(
+            DATA_JOB,
+            selection=AssetSelection.groups(*sorted({r.kind for r in refs})) if refs else AssetSelection.assets(),
+            description="Observe, validate and preprocess every dataset.",
+        )
+    ]
+    for scenario in preset.training_scenarios:
+        names = [m for m in preset.available_models_for(scenario) if m in models]
+        if not names:
+            continue
+        wanted_ds = preset.scenario(scenario).datasets
+        selection = AssetSelection.assets(*[model_key(m) for m in names])
+        if ALL_DATASETS not in wanted_ds:
+            # Restrict to the scenario's datasets: models reading others are left out of the job.
+            names = [m for m in names if set(models[m]) <= set(wanted_ds)]
+            selection = AssetSelection.assets(*[model_key(m) for m in names])
+        jobs.append(
+            define_asset_job(
+                scenario,
+                selection=selection.upstream() | (AssetSelection.assets(SUMMARY_KEY) if scenario == MAIN_JOB else AssetSelection.assets()),
+                tags={SCENARIO_TAG: scenario},
+                description=preset.scenario(scenario).description,
+            )
+        )
+
+    schedules, sensors = [], []
+    if any(j.name == MAIN_JOB for j in jobs):
+        schedules.append(retrain_schedule(MAIN_JOB))
+        sensors.append(new_data_sensor(MAIN_JOB, refs, _readers_by_dataset(models)))
+
+    return Definitions(
+        assets=data_assets + model_assets,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        executor=multiprocess_executor.configured(executor_config()),
+        resources={"io_manager": JsonIOManager(base_dir=os.environ.get("UNIFIED_ASSET_STORE", ""))},
+    )
+
+
+def _readers_by_dataset(models: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Dataset -> every model that depends on it, directly or through an upstream model."""
+    out: dict[str, list[str]] = {}
+    for name in models:  # registry order puts upstream models first
+        needed = set(models[name])
+        for up in MODELS[name].upstream_models:
+            needed |= {ds for ds, readers in out.items() if up in readers}
+        for ds in needed:
+            out.setdefault(ds, []).append(name)
+    return out
+
+
+defs = build_definitions()

@@ -1,0 +1,36 @@
+"""Using trained models: `load_model` and `predict` resolve a registry version (production by default)."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from unified_pipeline.errors import ConfigError
+from unified_pipeline.models.registry import MODELS
+
+
+def model_dir(name: str, version: str | int | None = None) -> Path:
+    """Folder of a verified registered version (checksums checked before anything loads)."""
+    from unified_pipeline.registry import ModelRegistry
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
+    return ModelRegistry().model_dir(name, version)
+
+
+def load_model(name: str, version: str | int | None = None, device: str = "cpu") -> Any:
+    """The trained nn.Module of a model (production version unless `version` is given)."""
+    from unified_pipeline.models.base import BaseModel
+
+    return BaseModel.load(model_dir(name, version), device=device)
+
+
+def predict(name: str, inputs: list[str], version: str | None = None, top: int = 1) -> Iterator[tuple[str, list]]:
+    module = importlib.import_module(MODELS[name].module)
+    if not hasattr(module, "predict"):
+        raise ConfigError(f"model {name!r} has no predict(); use its Python API instead")
+    if inputs == ["-"]:
+        inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    results = module.predict(model_dir(name, version), inputs, top=top)
+    yield from zip(inputs, results)

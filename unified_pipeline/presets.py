@@ -1,0 +1,213 @@
+"""Typed loading of `presets/training_preset.json` (the original preset schema).
+
+Resolution order for a model's hyperparameters, later wins:
+model file DEFAULTS < training_configuration < hardware_configuration < scenario
+< model_specific_presets[model] < run config overrides.
+Keys the original file carried that this pipeline does not use are accepted with a warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unified_pipeline.errors import ConfigError
+from unified_pipeline.models.registry import MODELS
+from unified_pipeline.paths import project_root
+
+ALL_MODELS = "all_models"
+ALL_DATASETS = "all_available_datasets"
+# Model names of the original system that this build may not provide (yet); they parse, and
+# resolving a scenario that needs one says so instead of failing on an unknown name.
+ORIGINAL_MODEL_NAMES = {
+    "vision_service", "audio_service", "text_service", "multimodal_service", "environment_simulator",
+    "causal_reasoning_engine", "adaptive_learning_controller", "alpha_deep_model",
+}
+
+
+class PresetWarning(UserWarning):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Scenario(_Section):
+    description: str = ""
+    datasets: list[str] = Field(default_factory=lambda: [ALL_DATASETS])
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    target_models: list[str] = Field(default_factory=lambda: [ALL_MODELS])
+    checkpoint_interval: int = Field(5, ge=1)
+    learning_rate: float | None = Field(None, gt=0, le=10)
+    enable_collaborative_training: bool = False
+    use_gpu: bool = True
+    distributed_training: bool = False
+
+    @field_validator("target_models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        valid = sorted(ORIGINAL_MODEL_NAMES | set(MODELS))
+        bad = [n for n in names if n != ALL_MODELS and n not in valid]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}; valid: {[ALL_MODELS] + valid}")
+        return names
+
+
+class TrainingConfiguration(_Section):
+    optimizer: str = "adamw"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    early_stopping: bool = True
+    early_stopping_patience: int = Field(8, ge=0)
+    keep_last_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        if v.lower() not in {"adamw", "adam", "sgd"}:
+            raise ValueError(f"unknown optimizer {v!r}; valid: ['adamw', 'adam', 'sgd']")
+        return v.lower()
+
+
+class HardwareConfiguration(_Section):
+    use_gpu: bool = True
+    mixed_precision: bool = True
+    slots_per_gpu: int = Field(4, ge=1, le=64)
+    compile: bool = False
+
+
+class Preset(_Section):
+    preset_name: str
+    preset_version: str = "1.0"
+    description: str = ""
+    data_configuration: dict[str, Any] = Field(default_factory=dict)
+    training_scenarios: dict[str, Scenario]
+    training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
+    hardware_configuration: HardwareConfiguration = Field(default_factory=HardwareConfiguration)
+    model_specific_presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    data_preprocessing: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("model_specific_presets")
+    @classmethod
+    def _known_model_keys(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        valid = sorted(ORIGINAL_MODEL_NAMES | set(MODELS))
+        bad = [n for n in v if n not in valid]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}; valid: {valid}")
+        return v
+
+    def scenario(self, name: str) -> Scenario:
+        if name not in self.training_scenarios:
+            raise ConfigError(f"unknown scenario {name!r}; valid: {sorted(self.training_scenarios)}")
+        return self.training_scenarios[name]
+
+    def models_for(self, scenario: str) -> list[str]:
+        """Target models of a scenario, expanded, in registry order; unknown-here models raise."""
+        wanted = self.scenario(scenario).target_models
+        names = list(MODELS) if ALL_MODELS in wanted else list(dict.fromkeys(wanted))
+        missing = [n for n in names if n not in MODELS]
+        if missing:
+            raise ConfigError(
+                f"scenario {scenario!r} targets {missing}, which this build does not provide; "
+                f"available: {sorted(MODELS)}"
+            )
+        return names
+
+    def available_models_for(self, scenario: str) -> list[str]:
+        wanted = self.scenario(scenario).target_models
+        names = list(MODELS) if ALL_MODELS in wanted else wanted
+        return [n for n in names if n in MODELS]
+
+    def datasets_for(self, scenario: str, available: list[str]) -> list[str]:
+        wanted = self.scenario(scenario).datasets
+        if ALL_DATASETS in wanted:
+            return list(available)
+        bad = [d for d in wanted if d not in available]
+        if bad:
+            raise ConfigError(f"scenario {scenario!r} names unknown dataset(s) {bad}; valid: {[ALL_DATASETS] + list(available)}")
+        return list(wanted)
+
+    def hparams(self, scenario: str, model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        sc = self.scenario(scenario)
+        tc = self.training_configuration
+        hw = self.hardware_configuration
+        out: dict[str, Any] = {
+            "learning_rate": tc.learning_rate,
+            "weight_decay": tc.weight_decay,
+            "optimizer": tc.optimizer,
+            "warmup_epochs": tc.warmup_epochs,
+            "grad_clip": tc.grad_clip,
+            "early_stopping_patience": tc.early_stopping_patience if tc.early_stopping else 0,
+            "keep_last": tc.keep_last_checkpoints,
+            "seed": tc.seed,
+            "precision": "auto" if hw.mixed_precision else "fp32",
+            "compile": hw.compile,
+            "use_gpu": sc.use_gpu and hw.use_gpu,
+            "epochs": sc.epochs,
+            "batch_size": sc.batch_size,
+            "checkpoint_interval": sc.checkpoint_interval,
+        }
+        if sc.learning_rate is not None:
+            out["learning_rate"] = sc.learning_rate
+        out.update(self.model_specific_presets.get(model, {}))
+        out.update(overrides or {})
+        return out
+
+    def preprocess(self, kind: str) -> dict[str, Any]:
+        out = dict(self.data_preprocessing.get(kind, {}))
+        split = self.data_configuration.get("split")
+        if split:
+            out.setdefault("fractions", split)
+        if "seed" in self.data_configuration:
+            out.setdefault("seed", self.data_configuration["seed"])
+        return out
+
+
+def _unused_keys(model: BaseModel, where: str = "") -> list[str]:
+    found = []
+    for key in (model.model_extra or {}):
+        found.append(f"{where}{key}")
+    for name, value in model:
+        if isinstance(value, BaseModel):
+            found += _unused_keys(value, f"{where}{name}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, BaseModel):
+                    found += _unused_keys(v, f"{where}{name}.{k}.")
+    return found
+
+
+def default_preset_path() -> Path:
+    env = os.environ.get("UNIFIED_PRESET")
+    return Path(env) if env else project_root() / "presets" / "training_preset.json"
+
+
+def load_preset(path: str | Path | None = None) -> Preset:
+    path = Path(path) if path else default_preset_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: preset file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    try:
+        preset = Preset.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {loc}: {first['msg']} (got {first.get('input')!r})") from exc
+    unused = _unused_keys(preset)
+    if unused:
+        warnings.warn(f"{path}: keys not used by this pipeline: {', '.join(unused)}", PresetWarning, stacklevel=2)
+    return preset

@@ -1,0 +1,159 @@
+"""Train one registered model, or reuse the version that already has the same inputs.
+
+Plain Python, called by the Dagster model assets and by the CLI. A step's fingerprint covers
+everything that decides its result: the model's code, the training code, the resolved
+hyperparameters, the data versions of its tensors and the versions of upstream models. When a
+registered version carries the same fingerprint, nothing trains.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unified_pipeline import devices
+from unified_pipeline.code_version import code_version
+from unified_pipeline.hashing import combine
+from unified_pipeline.models.registry import MODELS, ModelEntry
+from unified_pipeline.paths import unified_home
+
+# Settings that change how a run is carried out but not what it computes.
+NON_SEMANTIC_HPARAMS = {"checkpoint_interval", "keep_last", "compile", "use_gpu", "precision"}
+
+
+@dataclass
+class StepOutcome:
+    model: str
+    version: str  # "<model>/v<N>"
+    path: str
+    fingerprint: str
+    reused: bool
+    promoted: bool
+    promotion_note: str
+    metrics: dict[str, Any]
+    device: str = "cpu"
+    wall_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    epochs_run: int = 0
+    param_count: int = 0
+    resumed_from: str | None = None
+    plots: dict[str, str] = field(default_factory=dict)
+    data_versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def step_fingerprint(entry: ModelEntry, tensor_dirs: dict[str, Path], upstream: dict[str, str], hparams: dict) -> str:
+    semantic = {k: v for k, v in sorted(hparams.items()) if k not in NON_SEMANTIC_HPARAMS}
+    return combine(
+        [
+            entry.name,
+            code_version(entry.module, "unified_pipeline.models.base", packages=("training",)),
+            json.dumps(semantic, sort_keys=True, default=str),
+            *(f"data:{ds}={Path(p).name}" for ds, p in sorted(tensor_dirs.items())),
+            *(f"model:{m}={v}" for m, v in sorted(upstream.items())),
+        ]
+    )
+
+
+def _registry():
+    from unified_pipeline.registry import ModelRegistry
+
+    return ModelRegistry()
+
+
+def train_or_reuse(
+    name: str,
+    tensor_dirs: dict[str, Path],
+    hparams: dict[str, Any],
+    *,
+    run_id: str = "",
+    log: Any = None,
+    force: bool = False,
+    scenario: str = "",
+) -> StepOutcome:
+    entry = MODELS[name]
+    log = log or logging.getLogger(f"unified_pipeline.{name}")
+    registry = _registry()
+    upstream_versions = {}
+    upstream_dirs: dict[str, Path] = {}
+    for up in entry.upstream_models:
+        v = registry.get(up, "production")
+        upstream_versions[up] = v.name
+        upstream_dirs[up] = registry.model_dir(up, v.number)
+    fp = step_fingerprint(entry, tensor_dirs, upstream_versions, hparams)
+    data_versions = {ds: Path(p).name for ds, p in tensor_dirs.items()}
+
+    if not force:
+        found = registry.find_by_fingerprint(name, fp)
+        if found is not None:
+            log.info(f"{name}: up to date, reusing {found.name} (same data, code and hyperparameters)")
+            return StepOutcome(
+                model=name, version=found.name, path=str(found.path), fingerprint=fp, reused=True,
+                promoted="production" in (found.aliases or []), promotion_note="reused: nothing changed",
+                metrics=found.metrics, device=found.lineage.get("device", ""), data_versions=data_versions,
+            )
+
+    from unified_pipeline.datasets.base import TensorBundle
+    from unified_pipeline.training.job import FitJob
+
+    home = unified_home()
+    staging = home / "staging" / name / f"{run_id or 'local'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    staging.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(entry.module)
+    start = time.time()
+    try:
+        with devices.lease(home / "locks" / "devices") as lease:
+            device = lease.device if hparams.get("use_gpu", True) else "cpu"
+            log.info(f"{name}: training on {device} ({lease.threads} CPU thread(s)), fingerprint {fp[:12]}")
+            bundles = {ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()}
+            job = FitJob(
+                model=name,
+                datasets=bundles,
+                upstream=upstream_dirs,
+                hparams=dict(hparams),
+                device=device,
+                checkpoint_dir=home / "checkpoints" / name / fp[:16],
+                out_dir=staging,
+                seed=int(hparams.get("seed", 0)),
+                log=log,
+                control_file=home / "control" / f"{name}.json",
+            )
+            result = module.fit(job)
+        wall = time.time() - start
+        lineage = {
+            "data_versions": data_versions,
+            "code_version": code_version(entry.module, "unified_pipeline.models.base", packages=("training",)),
+            "scenario": scenario,
+            "hparams": hparams,
+            "upstream": upstream_versions,
+            "parent": None,
+            "run_id": run_id,
+            "seed": job.seed,
+            "device": result.device,
+            "wall_time_s": round(wall, 3),
+            "resumed_from": result.resumed_from,
+        }
+        reg = registry.register(
+            name, staging, metrics=result.metrics, lineage=lineage, fingerprint=fp,
+            metric=entry.metric, higher_is_better=entry.higher_is_better,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    version = reg.version
+    return StepOutcome(
+        model=name, version=version.name, path=str(version.path), fingerprint=fp, reused=False,
+        promoted=reg.promoted, promotion_note=reg.reason, metrics=result.metrics, device=result.device,
+        wall_time_s=wall, samples_per_s=result.samples_per_s, epochs_run=result.epochs_run,
+        param_count=result.param_count, resumed_from=result.resumed_from,
+        plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
+        data_versions=data_versions,
+    )
