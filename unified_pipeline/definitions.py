@@ -23,6 +23,7 @@ from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, mode
 from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
 from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
 from unified_pipeline.datasets import discover
+from unified_pipeline.k8s import k8s_executor, use_k8s
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.presets import ALL_DATASETS, load_preset
 
@@ -48,6 +49,12 @@ def executor_config() -> dict:
             {"key": devices.DEVICE_TAG, "value": devices.DEVICE_TAG_VALUE, "limit": devices.total_slots()}
         ],
     }
+
+
+def _executor():
+    if use_k8s():
+        return k8s_executor(executor_config()["tag_concurrency_limits"])
+    return multiprocess_executor.configured(executor_config())
 
 
 def build_definitions() -> Definitions:
@@ -98,7 +105,7 @@ def build_definitions() -> Definitions:
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
-        executor=multiprocess_executor.configured(executor_config()),
+        executor=_executor(),
         resources={"io_manager": JsonIOManager(base_dir=os.environ.get("UNIFIED_ASSET_STORE", ""))},
     )
 

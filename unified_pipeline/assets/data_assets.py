@@ -1,5 +1,4 @@
 """One lane of assets per raw dataset: observed files -> manifest (+ GX check) -> tensors."""
-from __future__ import annotations
 
 import json
 from dataclasses import fields

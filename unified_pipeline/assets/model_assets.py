@@ -1,5 +1,4 @@
 """One asset per registered model, generated from models/registry.py."""
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +19,7 @@ from dagster import (
 from unified_pipeline import devices
 from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.plots import image_metadata
+from unified_pipeline.k8s import gpu_step_tags
 from unified_pipeline.models.registry import ModelEntry
 
 SCENARIO_TAG = "unified/scenario"
@@ -55,12 +55,11 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
     @asset(
-        name=entry.name,
         key=model_key(entry.name),
         ins=ins,
         group_name=entry.group,
         kinds={"pytorch"},
-        op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE},
+        op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags()},
         description=f"{entry.description}. Trains (or reuses an identical version), registers a model version.",
         check_specs=[
             AssetCheckSpec(

@@ -1,5 +1,4 @@
 """Run summary: one table of every model in the run, a results JSON and a Markdown report."""
-from __future__ import annotations
 
 import time
 from pathlib import Path
