@@ -76,5 +76,7 @@ def test_empty_dataset_folder_is_a_clear_step_failure(all_kinds, home):
         result = run_data(defs, instance, raise_on_error=False)
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert len(failures) == 1 and "tiny_text" in failures[0].step_key
-    assert "no" in str(failures[0].event_specific_data.error.message).lower()
+    error = failures[0].event_specific_data.error
+    text = error.message + (error.cause.message if error.cause else "")
+    assert "DatasetError" in text and "tiny_text" in text and "no " in text
     assert result.get_asset_materialization_events()

@@ -22,7 +22,7 @@ from dagster import (
 
 from unified_pipeline import atomic
 from unified_pipeline.code_version import code_version
-from unified_pipeline.datasets import KIND_MODULES, DatasetRef, get_kind
+from unified_pipeline.datasets import KIND_MODULES, SETTINGS_FILE, DatasetRef, get_kind
 from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.hashing import HashCache, combine, dataset_version
 from unified_pipeline.paths import unified_home
@@ -66,7 +66,8 @@ def read_manifest(path: str | Path):
 def build_manifest(ref: DatasetRef) -> tuple[str, Any, Path]:
     """Hash, read and record one dataset; returns (data version, manifest DataFrame, manifest file)."""
     version, file_hashes = dataset_version(ref.root, hash_cache())
-    manifest = get_kind(ref.kind).build_manifest(ref.root, file_hashes)
+    samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
+    manifest = get_kind(ref.kind).build_manifest(ref.root, samples)
     path = manifest_path(ref.name, version)
     atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
     return version, manifest, path

@@ -1,0 +1,182 @@
+"""Audio classification data: <dataset>/<class>/<clip> with wav, flac or ogg clips.
+
+Clips may have any sample rate and channel count. `build_tensors` reads them with soundfile,
+mixes to mono, resamples to cfg.sample_rate, pads or trims to cfg.max_audio_seconds and
+turns them into log-mel spectrograms normalised per mel bin with train-split statistics.
+`load_clip` and `log_mel` are public so prediction code preprocesses new clips identically.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
+from unified_pipeline.datasets.splits import SPLITS
+from unified_pipeline.datasets.vision import (
+    assign_splits, base_row, data_version, detect_class_folders, refuse_undecodable, scan_class_folders,
+)
+from unified_pipeline.errors import DatasetError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+MANIFEST_COLUMNS = [
+    "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
+    "sample_rate", "channels", "duration_s", "frames", "format", "peak",
+]
+LOG_OFFSET = 1e-6
+BATCH = 256  # clips per MelSpectrogram call: bounded memory, vectorised FFTs
+_WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
+
+
+def read_clip_facts(path: Path) -> dict:
+    """Decode the whole clip: header facts, peak level, and why it is unusable if it is."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile reports every unreadable file as an exception
+        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
+    facts = {
+        "sample_rate": int(info.samplerate), "channels": int(info.channels), "frames": int(data.shape[0]),
+        "duration_s": data.shape[0] / info.samplerate if info.samplerate else 0.0, "format": info.format,
+        "peak": float(np.abs(data).max()) if data.size else 0.0,
+    }
+    # libsndfile silently reads what is there when a WAV's data chunk is cut short
+    short = _WAV_SHORT.search(info.extra_info or "")
+    if short and int(short.group(2)) < int(short.group(1)):
+        facts.update(decodable=False, error=f"truncated: header declares {short.group(1)} data bytes, file holds {short.group(2)}")
+    elif data.shape[0] == 0:
+        facts.update(decodable=False, error="no audio frames")
+    return facts
+
+
+def load_clip(path: Path, sample_rate: int, max_samples: int, resamplers: dict | None = None):
+    """Mono float32 torch waveform at `sample_rate`, trimmed to max_samples (not padded)."""
+    import soundfile as sf
+    import torch
+    import torchaudio
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    keep = -(-max_samples * rate // sample_rate) + 64  # resample only what survives the trim (+ filter margin)
+    wave = torch.from_numpy(np.ascontiguousarray(data[:keep].mean(axis=1)))
+    if rate != sample_rate:
+        resamplers = {} if resamplers is None else resamplers
+        if rate not in resamplers:  # the transform caches its filter kernel: one per source rate
+            resamplers[rate] = torchaudio.transforms.Resample(rate, sample_rate)
+        wave = resamplers[rate](wave)
+    return wave[:max_samples]
+
+
+def mel_settings(sample_rate: int, n_mels: int) -> dict:
+    """25 ms windows every 10 ms, the usual speech front end."""
+    win = int(round(0.025 * sample_rate))
+    n_fft = 1 << (win - 1).bit_length()
+    return {"sample_rate": sample_rate, "n_fft": n_fft, "win_length": win,
+            "hop_length": int(round(0.010 * sample_rate)), "n_mels": n_mels}
+
+
+def log_mel(waves, settings: dict):
+    """[B,S] waveforms -> [B,n_mels,T] log-mel (natural log of power + LOG_OFFSET), in batches."""
+    import torch
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(**settings)
+    with torch.no_grad():
+        parts = [torch.log(mel(waves[i:i + BATCH]) + LOG_OFFSET) for i in range(0, waves.shape[0], BATCH)]
+    return torch.cat(parts) if parts else torch.zeros(0, settings["n_mels"], 0)
+
+
+def valid_frames(n_samples: int, hop_length: int) -> int:
+    """Frames of a centred STFT that contain real signal."""
+    return 1 + n_samples // hop_length
+
+
+class AudioKind:
+    name = "audio"
+    description = "audio clips in class sub-folders (wav/flac/ogg), any sample rate and channel count"
+
+    def detect(self, root: Path) -> bool:
+        return detect_class_folders(root, AUDIO_EXTENSIONS)
+
+    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+        root = Path(root)
+        rows = []
+        for rel in scan_class_folders(root, file_hashes, AUDIO_EXTENSIONS, "clip"):
+            row = base_row(root, rel, file_hashes[rel])
+            row.update({c: None for c in MANIFEST_COLUMNS[8:]})
+            row.update(read_clip_facts(root / rel))
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        for col in ("sample_rate", "channels", "frames"):
+            df[col] = df[col].astype("Int64")
+        for col in ("duration_s", "peak"):
+            df[col] = df[col].astype("float64")
+        df["decodable"] = df["decodable"].astype(bool)
+        return df
+
+    def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
+        import torch
+
+        root = Path(root)
+        if manifest.empty:
+            raise DatasetError(f"{root}: manifest has no samples")
+        refuse_undecodable(manifest, root)
+        if cfg.sample_rate <= 0 or cfg.max_audio_seconds <= 0 or cfg.n_mels <= 0:
+            raise DatasetError(
+                f"{root}: sample_rate ({cfg.sample_rate}), max_audio_seconds ({cfg.max_audio_seconds}) "
+                f"and n_mels ({cfg.n_mels}) must be positive"
+            )
+        max_samples = int(round(cfg.max_audio_seconds * cfg.sample_rate))
+        settings = mel_settings(cfg.sample_rate, cfg.n_mels)
+        waves = torch.zeros(len(manifest), max_samples)
+        lengths = torch.zeros(len(manifest), dtype=torch.int64)
+        resamplers: dict = {}
+        for i, rel in enumerate(manifest["path"]):
+            wave = load_clip(root / rel, cfg.sample_rate, max_samples, resamplers)
+            waves[i, : wave.shape[0]] = wave
+            lengths[i] = valid_frames(int(wave.shape[0]), settings["hop_length"])
+        feats = log_mel(waves, settings)
+        lengths.clamp_(max=feats.shape[-1])
+        valid = torch.arange(feats.shape[-1])[None, :] < lengths[:, None]  # [N,T]
+
+        classes = sorted(manifest["label"].unique())
+        index = {c: i for i, c in enumerate(classes)}
+        y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
+        splits = assign_splits(manifest, cfg)
+        train = torch.from_numpy(splits == "train")
+        if not bool(train.any()):
+            train = torch.ones(len(manifest), dtype=torch.bool)  # tiny datasets may have no train sample
+        frames = feats[train].permute(0, 2, 1)[valid[train]]  # [frames, n_mels], padding excluded
+        mean, std = frames.mean(dim=0), frames.std(dim=0, unbiased=False).clamp_min(1e-6)
+        x = (feats - mean[None, :, None]) / std[None, :, None]
+        x = x * valid[:, None, :]  # padded frames sit at the normalised mean (0)
+
+        tensors, counts, sample_ids = {}, {}, {}
+        for split in SPLITS:
+            sel = np.flatnonzero(splits == split)
+            idx = torch.from_numpy(sel)
+            tensors[f"{split}/x"] = x[idx].contiguous()
+            tensors[f"{split}/lengths"] = lengths[idx].contiguous()
+            tensors[f"{split}/y"] = y[idx].contiguous()
+            counts[split] = int(len(sel))
+            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        meta = {
+            "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
+            "splits": counts, "classes": classes, "sample_rate": cfg.sample_rate, "n_mels": cfg.n_mels,
+            "hop_length": settings["hop_length"], "n_fft": settings["n_fft"], "win_length": settings["win_length"],
+            "max_samples": max_samples, "frames": int(x.shape[-1]), "log_offset": LOG_OFFSET,
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "scale": "log(mel power + log_offset), then (v - mean) / std per mel bin; padded frames 0",
+        }
+        return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": sample_ids})
+
+    def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
+        from unified_pipeline.datasets.samples.spoken_digits import generate_spoken_digits
+
+        return [generate_spoken_digits(Path(raw_root) / "spoken_digits", seed)]
+
+
+KIND = AudioKind()

@@ -1,0 +1,1 @@
+"""Built-in sample data generators: deterministic, offline, written atomically."""

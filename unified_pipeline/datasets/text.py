@@ -1,0 +1,225 @@
+"""Labelled texts in UTF-8 CSV or JSONL files with `text` and `label` columns.
+
+One manifest row per text. `row` is the 1-based data row of a CSV (header not counted) or
+the 1-based line of a JSONL file, so the quality suite can point at the exact record. Empty
+texts, missing labels and unparsable JSON lines stay in the manifest (flagged) for the suite
+to name; a file that is not UTF-8 or lacks the columns raises DatasetError.
+
+Tensors: character-level token ids. The vocabulary comes from the train split only (0 = pad,
+1 = unknown, then characters by falling frequency), so val/test characters unseen in training
+map to "unknown" exactly as they would at serving time.
+
+The small file helpers at the bottom are shared with the other row-per-sample kinds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unified_pipeline import hashing
+from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
+from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.errors import DatasetError
+
+TEXT_EXTENSIONS = (".csv", ".jsonl")
+PAD, UNKNOWN = "<pad>", "<unk>"
+MANIFEST_COLUMNS = [
+    "sample_id", "path", "row", "label", "text", "length", "sha256", "size", "split",
+    "decodable", "error", "file_sha256",
+]
+
+
+class TextKind:
+    name = "text"
+    description = "UTF-8 *.csv / *.jsonl files with `text` and `label` columns"
+
+    def detect(self, root: Path) -> bool:
+        files = data_files(root, TEXT_EXTENSIONS)
+        return bool(files) and all({"text", "label"} <= set(header_fields(f)) for f in files)
+
+    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+        root = Path(root)
+        rows: list[dict] = []
+        for rel in checked_files(root, file_hashes, TEXT_EXTENSIONS):
+            if rel.lower().endswith(".jsonl"):
+                records = read_jsonl_records(root / rel)
+                objects = [r for _, r in records if isinstance(r, dict)]
+                found = set().union(*(r.keys() for r in objects)) if objects else {"text", "label"}
+            else:
+                frame = read_csv_frame(root / rel)
+                records = [(i + 1, rec) for i, rec in enumerate(frame.to_dict("records"))]
+                found = set(frame.columns)
+            if not {"text", "label"} <= found:
+                raise DatasetError(f"{root / rel}: missing column(s) {sorted({'text', 'label'} - found)}; "
+                                   f"found {sorted(found)}")
+            for row_no, rec in records:
+                rows.append(_manifest_row(rel, row_no, rec, file_hashes[rel]))
+        if not rows:
+            raise DatasetError(f"{root}: no text records found in {sorted(file_hashes)}")
+        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        df["row"] = df["row"].astype("int64")
+        df["length"] = df["length"].astype("int64")
+        df["decodable"] = df["decodable"].astype(bool)
+        return df
+
+    def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
+        import torch
+
+        root = Path(root)
+        bad = manifest[~manifest["decodable"].astype(bool) | manifest["label"].isna()]
+        if len(manifest) == 0 or len(bad):
+            where = ", ".join(f"{p}:{r}" for p, r in zip(bad["path"].head(5), bad["row"].head(5)))
+            raise DatasetError(f"{root}: {len(bad)} record(s) unreadable or unlabelled ({where})" if len(bad)
+                               else f"{root}: manifest has no samples")
+        splits = np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
+        texts = manifest["text"].fillna("").astype(str).tolist()
+        vocab = build_char_vocab([t for t, s in zip(texts, splits) if s == "train"] or texts,
+                                 int(cfg.extra.get("min_char_count", 1)))
+        ids = encode_chars(texts, vocab, int(cfg.max_text_len))
+        classes = sorted(manifest["label"].astype(str).unique())
+        index = {c: i for i, c in enumerate(classes)}
+        y = np.array([index[c] for c in manifest["label"].astype(str)], dtype=np.int64)
+        tensors, counts, raw, sample_ids = {}, {}, {}, {}
+        for split in SPLITS:
+            sel = np.flatnonzero(splits == split)
+            tensors[f"{split}/x"] = torch.from_numpy(ids[sel])
+            tensors[f"{split}/y"] = torch.from_numpy(y[sel])
+            counts[split] = int(len(sel))
+            raw[split] = [texts[i] for i in sel]
+            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        meta = {
+            "dataset": root.name, "kind": self.name, "data_version": folder_version(root),
+            "splits": counts, "classes": classes, "vocab": vocab, "tokenizer": "char",
+            "max_len": int(cfg.max_text_len), "pad_id": 0, "unknown_id": 1,
+        }
+        return TensorBundle(tensors=tensors, meta=meta, sidecars={"texts": raw, "samples": sample_ids})
+
+    def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
+        from unified_pipeline.datasets.samples.langid_text import generate_langid
+
+        return [generate_langid(Path(raw_root) / "langid", seed)]
+
+
+def _manifest_row(rel: str, row_no: int, rec: dict | str, file_sha: str) -> dict:
+    if isinstance(rec, str):  # a line that is not a JSON object: rec holds the reason
+        text, label, error = "", None, rec
+    else:
+        text = rec.get("text")
+        label = rec.get("label")
+        error = None
+        if text is not None and not isinstance(text, str):
+            text = json.dumps(text, ensure_ascii=False)
+        text = "" if text is None else text
+        label = None if label is None or (isinstance(label, str) and label.strip() == "") else str(label)
+    data = text.encode("utf-8")
+    return {
+        "sample_id": f"{rel}:{row_no}", "path": rel, "row": row_no, "label": label, "text": text,
+        "length": len(text), "sha256": hashing.sha256_bytes(data), "size": len(data),
+        "split": split_of(hashing.sha256_bytes(data)), "decodable": error is None, "error": error,
+        "file_sha256": file_sha,
+    }
+
+
+def build_char_vocab(texts: list[str], min_count: int = 1) -> list[str]:
+    counts = Counter(ch for t in texts for ch in t)
+    chars = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
+    return [PAD, UNKNOWN] + chars
+
+
+def encode_chars(texts: list[str], vocab: list[str], max_len: int) -> np.ndarray:
+    index = {c: i for i, c in enumerate(vocab) if i >= 2}
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for i, t in enumerate(texts):
+        out[i, : min(len(t), max_len)] = [index.get(c, 1) for c in t[:max_len]]
+    return out
+
+
+# ---- file helpers shared by the row-per-sample kinds (text, transitions, causal, memory) ----
+
+def data_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Visible files with these extensions under root (names only: cheap enough for detect)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [p for p in hashing.list_files(root) if p.suffix.lower() in extensions]
+
+
+def header_fields(path: Path) -> list[str]:
+    """Column names from a CSV header line or the keys of a JSONL file's first record ([] if unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            line = fh.readline(1 << 20).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return []
+    if path.suffix.lower() == ".jsonl":
+        try:
+            first = json.loads(line)
+        except ValueError:
+            return []
+        return list(first) if isinstance(first, dict) else []
+    return [c.strip() for c in next(csv.reader([line]), [])]
+
+
+def checked_files(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...],
+                  allowed: tuple[str, ...] = ()) -> list[str]:
+    """Relative data-file paths, refusing an empty folder and files of other types."""
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    unknown = sorted(r for r in file_hashes if Path(r).suffix.lower() not in extensions and r not in allowed)
+    if unknown:
+        raise DatasetError(f"{Path(root) / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}; "
+                           f"accepted: {', '.join(extensions + allowed)}")
+    files = sorted(r for r in file_hashes if r not in allowed)
+    if not files:
+        raise DatasetError(f"{root}: no {'/'.join(extensions)} files found")
+    return files
+
+
+def read_utf8(path: Path) -> str:
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 (invalid byte 0x{data[exc.start]:02x} at byte offset {exc.start})",
+                           hint="re-save the file as UTF-8") from exc
+
+
+def read_csv_frame(path: Path) -> pd.DataFrame:
+    """All cells as strings (empty cells stay ''), so every value can be checked by row and column."""
+    try:
+        df = pd.read_csv(io.StringIO(read_utf8(path)), dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.ParserError as exc:
+        raise DatasetError(f"{path}: malformed CSV: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DatasetError(f"{path}: empty CSV file (no header line)") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def read_jsonl_records(path: Path) -> list[tuple[int, dict | str]]:
+    """(line number, object) per non-blank line; a broken line yields (line, reason) instead."""
+    out: list[tuple[int, dict | str]] = []
+    for line_no, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            out.append((line_no, f"line {line_no}: invalid JSON ({exc})"))
+            continue
+        out.append((line_no, obj if isinstance(obj, dict) else f"line {line_no}: not a JSON object"))
+    return out
+
+
+def folder_version(root: Path) -> str:
+    """Same digest as the raw_files asset's data version."""
+    return hashing.dataset_version(root)[0]
+
+
+KIND = TextKind()

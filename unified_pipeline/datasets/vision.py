@@ -1,0 +1,216 @@
+"""Image classification data in the torchvision ImageFolder layout: <dataset>/<class>/<image>.
+
+The manifest decodes every image once (PIL) so the quality suite can name broken files and
+odd sizes; `build_tensors` turns decodable images into normalised float tensors [N,C,H,W].
+`scan_class_folders` is shared with the audio kind, which uses the same folder layout.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unified_pipeline import hashing
+from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
+from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+GRAY_MODES = ("1", "L")
+MANIFEST_COLUMNS = [
+    "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
+    "width", "height", "channels", "mode", "format",
+]
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_extension_files(root: Path, extensions: tuple[str, ...]) -> bool:
+    for cls in _visible_dirs(root):
+        for p in cls.rglob("*"):
+            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
+                return True
+    return False
+
+
+def detect_class_folders(root: Path, extensions: tuple[str, ...]) -> bool:
+    """Cheap layout test: at least one class sub-folder holding files with these extensions."""
+    root = Path(root)
+    return root.is_dir() and _has_extension_files(root, extensions)
+
+
+def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], what: str) -> list[str]:
+    """Relative paths of the samples in a <class>/<file> layout, after checking the layout.
+
+    Raises DatasetError naming the folder or file when nothing could be checked: no files,
+    files at top level, an empty class folder or a file type the kind cannot read.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    if not file_hashes:
+        raise DatasetError(f"{root}: dataset folder holds no files (expected <class>/<{what}> sub-folders)")
+    top_level = sorted(rel for rel in file_hashes if "/" not in rel)
+    if top_level:
+        raise DatasetError(
+            f"{root}: file(s) {top_level[:5]} sit at top level; put each {what} in a class folder "
+            f"(<dataset>/<class>/<{what}>)"
+        )
+    per_class = Counter(rel.split("/", 1)[0] for rel in file_hashes)
+    for cls in _visible_dirs(root):
+        if per_class.get(cls.name, 0) == 0:
+            raise DatasetError(f"{cls}: class folder is empty")
+    unknown = sorted(rel for rel in file_hashes if Path(rel).suffix.lower() not in extensions)
+    if unknown:
+        raise DatasetError(
+            f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
+            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
+        )
+    return sorted(file_hashes)
+
+
+def base_row(root: Path, rel: str, sha256: str) -> dict:
+    return {
+        "sample_id": rel,
+        "path": rel,
+        "label": rel.split("/", 1)[0],
+        "sha256": sha256,
+        "size": (Path(root) / rel).stat().st_size,
+        "split": split_of(sha256),
+        "decodable": True,
+        "error": None,
+    }
+
+
+def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:
+    bad = manifest[~manifest["decodable"].astype(bool)]
+    if len(bad):
+        names = [f"{p} ({e})" for p, e in zip(bad["path"].head(5), bad["error"].head(5))]
+        raise DatasetError(
+            f"{root}: {len(bad)} file(s) cannot be decoded: {'; '.join(names)}",
+            hint="fix or remove them; the manifest quality check lists all of them",
+        )
+
+
+def assign_splits(manifest: pd.DataFrame, cfg: PreprocessConfig) -> np.ndarray:
+    return np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
+
+
+def data_version(manifest: pd.DataFrame) -> str:
+    """Same digest as hashing.dataset_version when the manifest covers every file of the folder."""
+    pairs = sorted(zip(manifest["path"], manifest["sha256"]))
+    return hashing.combine(f"{rel}:{digest}" for rel, digest in pairs)
+
+
+def read_image_facts(path: Path) -> dict:
+    """Fully decode one image (so truncated files fail here, not during training)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return {
+                "width": im.width, "height": im.height, "channels": len(im.getbands()),
+                "mode": im.mode, "format": im.format,
+            }
+    except Exception as exc:  # PIL raises many types for broken files; all mean "not decodable"
+        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and (im.height, im.width) != size:
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+class VisionKind:
+    name = "vision"
+    description = "images in class sub-folders (png/jpg/jpeg/bmp/webp), ImageFolder layout"
+
+    def detect(self, root: Path) -> bool:
+        return detect_class_folders(root, IMAGE_EXTENSIONS)
+
+    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+        root = Path(root)
+        rows = []
+        for rel in scan_class_folders(root, file_hashes, IMAGE_EXTENSIONS, "image"):
+            row = base_row(root, rel, file_hashes[rel])
+            row.update({"width": None, "height": None, "channels": None, "mode": None, "format": None})
+            row.update(read_image_facts(root / rel))
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        for col in ("width", "height", "channels"):
+            df[col] = df[col].astype("Int64")
+        df["decodable"] = df["decodable"].astype(bool)
+        return df
+
+    def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
+        import torch
+
+        root = Path(root)
+        if manifest.empty:
+            raise DatasetError(f"{root}: manifest has no samples")
+        refuse_undecodable(manifest, root)
+        mode = "L" if all(m in GRAY_MODES for m in manifest["mode"]) else "RGB"
+        size = self._target_size(root, manifest, cfg)
+        classes = sorted(manifest["label"].unique())
+        index = {c: i for i, c in enumerate(classes)}
+        images = np.stack([load_image(root / rel, mode, size) for rel in manifest["path"]])
+        x = torch.from_numpy(images).float().div_(255.0)
+        y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
+        splits = assign_splits(manifest, cfg)
+        train = torch.from_numpy(splits == "train")
+        stats_from = x[train] if bool(train.any()) else x  # tiny datasets may have no train sample
+        mean = stats_from.mean(dim=(0, 2, 3))
+        std = stats_from.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6)
+        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+        tensors, counts, sample_ids = {}, {}, {}
+        for split in SPLITS:
+            sel = np.flatnonzero(splits == split)
+            idx = torch.from_numpy(sel)
+            tensors[f"{split}/x"] = x[idx].contiguous()
+            tensors[f"{split}/y"] = y[idx].contiguous()
+            counts[split] = int(len(sel))
+            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        meta = {
+            "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
+            "splits": counts, "classes": classes, "channels": int(x.shape[1]),
+            "image_size": [int(x.shape[2]), int(x.shape[3])], "mode": mode,
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "scale": "pixel/255 then (v - mean) / std per channel",
+        }
+        return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": sample_ids})
+
+    @staticmethod
+    def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:
+        if cfg.image_size and cfg.image_size > 0:
+            return (int(cfg.image_size), int(cfg.image_size))
+        sizes = Counter(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
+        if len(sizes) > 1:
+            common = sizes.most_common(1)[0][0]
+            odd = manifest[[(h, w) != common for h, w in zip(manifest["height"], manifest["width"])]].iloc[0]
+            raise DatasetError(
+                f"{root / odd['path']}: image is {odd['height']}x{odd['width']} (HxW) but most images are "
+                f"{common[0]}x{common[1]}; sizes found: "
+                + ", ".join(f"{h}x{w} ({n} files)" for (h, w), n in sizes.most_common()),
+                hint="set image_size in the preprocess config to resize all images",
+            )
+        return None
+
+    def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
+        from unified_pipeline.datasets.samples.digit_images import generate_digit_images
+
+        return [generate_digit_images(Path(raw_root) / "digits", seed)]
+
+
+KIND = VisionKind()

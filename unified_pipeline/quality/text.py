@@ -1,0 +1,59 @@
+"""Great Expectations suite for text manifests (datasets/text.py).
+
+Row checks name `path:row`: empty or over-long texts, missing labels, unparsable records,
+the same text filed under two labels (`label_conflict`), and classes that are too small or
+out of balance (`class_count`, `class_share` per row, from `prepare_labels`).
+
+`cfg` (dict or PreprocessConfig, every key optional): min_text_len (1), max_text_chars
+(10000), labels (allowed label set; default any), min_per_class (2), min_share_of_fair /
+max_share_of_fair (0.25 / 4.0 of an equal class share).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, prepare_labels, setting
+
+REQUIRED = ["sample_id", "path", "row", "label", "text", "length", "sha256", "split", "decodable", "error"]
+
+
+def prepare(manifest: pd.DataFrame) -> pd.DataFrame:
+    return prepare_labels(manifest)
+
+
+def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
+    import great_expectations.expectations as gxe
+
+    n_classes = max(int(manifest["label"].nunique()), 1) if "label" in manifest else 1
+    fair = 1.0 / n_classes
+    low = setting(cfg, "min_share_of_fair", 0.25) * fair
+    high = min(1.0, setting(cfg, "max_share_of_fair", 4.0) * fair)
+    suite = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the dataset has texts"),
+        gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id", description="each record appears once"),
+        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True],
+                                        description="every record parses (see the error column)"),
+        gxe.ExpectColumnValuesToNotBeNull(column="label", description="every text has a label"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="length", min_value=int(setting(cfg, "min_text_len", 1)),
+            max_value=int(setting(cfg, "max_text_chars", 10000)), description="text length in characters"),
+        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256_REGEX, description="content hash present"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLIT_NAMES, description="known split"),
+        gxe.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False],
+                                        description="identical texts never carry different labels"),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2,
+                                                    description="at least two classes to tell apart"),
+        gxe.ExpectColumnValuesToBeBetween(column="class_count", min_value=int(setting(cfg, "min_per_class", 2)),
+                                          description="every class has enough texts"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="class_share", min_value=round(low, 6), max_value=round(high, 6),
+            description=f"class balance: each class holds {low:.3f}..{high:.3f} of the rows"),
+    ]
+    labels = setting(cfg, "labels", None)
+    if labels:
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[str(v) for v in labels],
+                                                     description="only the configured labels"))
+    return suite
