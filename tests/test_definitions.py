@@ -44,7 +44,7 @@ def test_jobs_per_scenario_and_executor_limits(raw):
     from unified_pipeline.definitions import executor_config
 
     cfg = executor_config()
-    assert cfg["start_method"] == {"forkserver": {}}
+    assert "unified_pipeline.step_preload" in cfg["start_method"]["forkserver"]["preload_modules"]
     assert cfg["tag_concurrency_limits"] == [
         {"key": "unified/device", "value": "accelerator", "limit": devices.total_slots()}
     ]

@@ -44,7 +44,8 @@ def executor_config() -> dict:
     """Model steps (device-tagged) never exceed the device slots; data steps fill the rest."""
     return {
         "max_concurrent": max(devices.total_slots() + 2, 2),
-        "start_method": {"forkserver": {}},
+        "start_method": {"forkserver": {"preload_modules": ["dagster._core.executor.multiprocess",
+                                                            "unified_pipeline.step_preload"]}},
         "tag_concurrency_limits": [
             {"key": devices.DEVICE_TAG, "value": devices.DEVICE_TAG_VALUE, "limit": devices.total_slots()}
         ],

@@ -1,0 +1,474 @@
+"""The one training loop every model uses.
+
+AdamW with per-step linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA,
+optional torch.compile, early stopping on a validation metric, best weights restored at the end.
+Crash-proof: checkpoints (checkpoints.py) hold everything the loop needs, including RNG and
+shuffle-generator state, so a resumed run on CPU ends with bit-identical weights. SIGINT/SIGTERM
+write a checkpoint at the next step boundary and then raise `TrainingInterrupted`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from unified_pipeline.errors import ConfigError, DatasetError, PipelineError
+from unified_pipeline.training import checkpoints as ckpt
+from unified_pipeline.training.control import ControlPoller
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Preset spellings that differ from the field names.
+ALIASES = {"lr": "learning_rate", "keep_last_checkpoints": "keep_last", "patience": "early_stopping_patience"}
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0  # 0 = off
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp16" / "fp32"
+    compile: bool = False
+    early_stopping_patience: int = 0  # 0 = off; epochs without val-metric improvement
+    checkpoint_interval: int = 5  # 0 = only on a new best and at the end
+    keep_last: int = 2  # plus the best
+    seed: int = 0
+    device: str = "cpu"
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    loader_threshold_bytes: int = 512 * 2**20  # bigger datasets stream through a pinned DataLoader
+    optimizer: str = "adamw"  # "adamw" / "adam" / "sgd"
+
+    @classmethod
+    def from_hparams(cls, hparams: dict, **overrides) -> "TrainerConfig":
+        """Pick the known keys out of resolved hyperparameters (unknown keys are ignored)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        merged = dict(hparams or {})
+        if "mixed_precision" in merged and "precision" not in merged:
+            merged["precision"] = "auto" if merged["mixed_precision"] else "fp32"
+        if merged.get("early_stopping") is False:
+            merged["early_stopping_patience"] = 0
+        merged.update(overrides)
+        for key, value in merged.items():
+            name = ALIASES.get(key, key)
+            if name not in fields or (key != name and name in merged):
+                continue
+            values[name] = _coerce(name, fields[name].type, value)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+            ("learning_rate", self.learning_rate > 0), ("weight_decay", self.weight_decay >= 0),
+            ("warmup_epochs", self.warmup_epochs >= 0), ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1),
+            ("grad_clip", self.grad_clip >= 0), ("precision", self.precision in PRECISIONS),
+            ("early_stopping_patience", self.early_stopping_patience >= 0),
+            ("checkpoint_interval", self.checkpoint_interval >= 0), ("keep_last", self.keep_last >= 1),
+            ("optimizer", self.optimizer in ("adamw", "adam", "sgd")),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"trainer setting {name!r} has invalid value {getattr(self, name)!r}")
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(type_name))
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        return kind(value) if kind else value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trainer setting {name!r}: cannot use {value!r} ({exc})") from exc
+
+
+@dataclass
+class TrainSummary:
+    history: list[dict]
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    samples_per_s: float
+    wall_time_s: float
+    resumed_from: str | None
+    stopped_early: bool
+    device: str
+    notes: list[dict] = field(default_factory=list)  # applied control commands, stop reasons
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived during fit; a checkpoint was written first (if a folder was set)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        super().__init__(f"training interrupted by signal {signum}; checkpoint: {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the base learning rate used for optimiser step `step` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class _Loop:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # steps done in the current epoch
+    best_metric: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    loss_sum: float = 0.0  # current epoch, for a mid-epoch checkpoint
+    epoch_samples: int = 0
+    epoch_time: float = 0.0
+    samples_total: int = 0
+    train_time_total: float = 0.0
+    shuffle_state: str | None = None  # generator state at the start of the current epoch
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, cfg: TrainerConfig, *, loss_fn: Callable, metric_fn: Callable,
+                 checkpoint_dir: Path | None, log: Any = None, on_epoch: Callable | None = None,
+                 control_file: Path | None = None, optimizer_factory: Callable | None = None):
+        cfg.validate()
+        self.model, self.cfg = model, cfg
+        self.loss_fn, self.metric_fn = loss_fn, metric_fn
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.log = log or logging.getLogger("unified_pipeline.train")
+        self.on_epoch = on_epoch
+        self.control = ControlPoller(control_file)
+        self.optimizer_factory = optimizer_factory
+        self.device = torch.device(cfg.device)
+        if cfg.precision == "auto":
+            self.precision = "bf16" if self.device.type == "cuda" else "fp32"
+        else:
+            self.precision = cfg.precision
+        self.model.to(self.device)
+        self.net = torch.compile(model) if cfg.compile else model
+        self._signal: int | None = None
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _autocast(self):
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16"))
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params, self.cfg)
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.learning_rate, momentum=0.9, weight_decay=c.weight_decay)
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+
+    def evaluate(self, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """metric_fn on a whole split in eval mode, without gradients, under the training precision."""
+        if _nbytes(data) <= self.cfg.loader_threshold_bytes:
+            data = tuple(t.to(self.device) for t in data)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                out = self.metric_fn(self.net, data)
+        finally:
+            self.model.train(was_training)
+        return {k: float(v) for k, v in out.items()}
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.cfg.higher_is_better else value < best
+
+    def _state(self, loop: _Loop, gen: torch.Generator, opt, sched, scaler, include_best: bool) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "best": self._best_state if include_best else None,
+            "optim": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": ckpt.capture_rng(gen),
+            "loop": dataclasses.asdict(loop),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def _save(self, loop: _Loop, gen, opt, sched, scaler, is_best: bool = False) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        state = self._state(loop, gen, opt, sched, scaler, include_best=not is_best)
+        path = ckpt.save_checkpoint(self.checkpoint_dir, loop.epoch, loop.step, state)
+        ckpt.prune(self.checkpoint_dir, self.cfg.keep_last, (loop.epoch, loop.step), loop.best_epoch or None)
+        return path
+
+    def _restore(self, point: ckpt.Checkpoint, gen, opt, sched, scaler) -> _Loop:
+        st = point.state
+        self.model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optim"])
+        sched.load_state_dict(st["sched"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        loop = _Loop(**st["loop"])
+        best = st.get("best")
+        src = best if best else st["model"]
+        self._best_state = {k: v.detach().cpu().clone() for k, v in src.items()}
+        ckpt.restore_rng(st["rng"], gen)
+        return loop
+
+    # -- signals and live control -------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame):
+        if self._signal is not None:  # second signal: give up waiting for a step boundary
+            raise KeyboardInterrupt(f"signal {signum}")
+        self._signal = signum
+
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+        return old
+
+    def _apply(self, cmd: dict, loop: _Loop, opt, sched, record_cmds: list) -> None:
+        if "lr" in cmd:
+            factor = cmd["lr"] / opt.param_groups[0]["lr"]
+            for g in opt.param_groups:
+                g["lr"] *= factor
+            sched.base_lrs = [b * factor for b in sched.base_lrs]  # the schedule continues from the new level
+        loop.notes.append({"epoch": loop.epoch + 1, "step": loop.step, "command": cmd, "time": time.time()})
+        record_cmds.append(cmd)
+        self.log.info(f"control: applied {cmd} at epoch {loop.epoch + 1} step {loop.step}")
+
+    def _next_command(self) -> dict | None:
+        try:
+            return self.control.poll()
+        except PipelineError as exc:
+            self.log.warning(f"ignoring control command: {exc}")
+            return None
+
+    def _poll_control(self, loop: _Loop, opt, sched, record_cmds: list) -> bool:
+        """Apply pending commands (waiting while paused); True when a stop was requested."""
+        cmd = self._next_command()
+        if cmd is None:
+            return False
+        self._apply(cmd, loop, opt, sched, record_cmds)
+        paused = bool(cmd.get("pause"))
+        while paused and not cmd.get("stop") and self._signal is None:
+            time.sleep(0.2)
+            cmd = self._next_command() or {}
+            if cmd:
+                self._apply(cmd, loop, opt, sched, record_cmds)
+                paused = cmd.get("pause") is not False
+        return bool(cmd.get("stop"))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...]) -> TrainSummary:
+        cfg, started = self.cfg, time.perf_counter()
+        n = check_split("train", train)
+        check_split("val", val)
+        streamed = _nbytes(train) > cfg.loader_threshold_bytes
+        if not streamed:
+            train = tuple(t.to(self.device) for t in train)
+        bs = min(cfg.batch_size, n)
+        # A lone trailing sample would break BatchNorm; it is left out of that epoch instead.
+        steps = n // bs + (1 if n % bs >= 2 else 0)
+        warmup, total = round(cfg.warmup_epochs * steps), cfg.epochs * steps
+
+        seed_everything(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = self._make_optimizer()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
+        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self._best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        loop, resumed_from = _Loop(), None
+        if self.checkpoint_dir is not None:
+            point = ckpt.latest_valid(self.checkpoint_dir, self.log)
+            if point is not None:
+                fresh = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                try:
+                    loop = self._restore(point, gen, opt, sched, scaler)
+                    resumed_from = str(point.path)
+                    self.log.info(f"resuming from {point.path} (epoch {loop.epoch}, step {loop.step})")
+                except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                    self.log.warning(f"checkpoint {point.path} does not fit this model ({exc}); starting fresh")
+                    self.model.load_state_dict(fresh)
+                    seed_everything(cfg.seed)
+                    gen.manual_seed(cfg.seed)
+                    opt = self._make_optimizer()
+                    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._signal = None
+        old_handlers = self._install_signals()
+        run_start_epoch = loop.epoch
+        try:
+            while loop.epoch < cfg.epochs and not loop.finished:
+                if loop.step == 0:
+                    loop.shuffle_state = ckpt._b64(gen.get_state())
+                else:  # mid-epoch resume: replay this epoch's permutation
+                    gen.set_state(ckpt._unb64(loop.shuffle_state))
+                perm = torch.randperm(n, generator=gen)
+                batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
+                if streamed:
+                    dataset = torch.utils.data.TensorDataset(*train)
+                    source = torch.utils.data.DataLoader(dataset, sampler=batches[loop.step:], batch_size=None,
+                                                         pin_memory=self.device.type == "cuda" and train[0].device.type == "cpu")
+                else:
+                    dev_batches = [b.to(self.device) for b in batches[loop.step:]]
+                    source = (tuple(t[b] for t in train) for b in dev_batches)
+                self.model.train()
+                t0, loss_sum, cmds, stop, lr_used = time.perf_counter(), None, [], False, opt.param_groups[0]["lr"]
+                for batch in source:
+                    if streamed:
+                        batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+                    lr_used = opt.param_groups[0]["lr"]
+                    with self._autocast():
+                        loss = self.loss_fn(self.net, batch)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(opt)
+                    else:
+                        loss.backward()
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    sched.step()
+                    d = loss.detach().float() * len(batch[0])
+                    loss_sum = d if loss_sum is None else loss_sum + d
+                    loop.step += 1
+                    loop.epoch_samples += len(batch[0])
+                    stop = self._poll_control(loop, opt, sched, cmds)
+                    if self._signal is not None and loop.step < steps:
+                        loop.loss_sum += float(loss_sum)
+                        loop.epoch_time += time.perf_counter() - t0
+                        raise TrainingInterrupted(self._signal, self._save(loop, gen, opt, sched, scaler))
+                    if stop:
+                        break
+                loop.loss_sum += float(loss_sum) if loss_sum is not None else 0.0
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                loop.epoch_time += time.perf_counter() - t0
+                self._end_epoch(loop, val, lr_used, cmds, stop, run_start_epoch, started, gen, opt, sched, scaler)
+                if self._signal is not None:
+                    raise TrainingInterrupted(self._signal, self._last_saved)
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            torch.use_deterministic_algorithms(deterministic)
+        self.model.load_state_dict(self._best_state)
+        return TrainSummary(
+            history=loop.history, best_epoch=loop.best_epoch,
+            best_metric=loop.best_metric if loop.best_metric is not None else float("nan"),
+            epochs_run=loop.epoch, samples_per_s=loop.samples_total / max(loop.train_time_total, 1e-9),
+            wall_time_s=time.perf_counter() - started, resumed_from=resumed_from,
+            stopped_early=loop.stopped_early, device=str(self.device), notes=loop.notes,
+        )
+
+    def _end_epoch(self, loop: _Loop, val, lr_used, cmds, stop, run_start_epoch, started, gen, opt, sched, scaler):
+        cfg = self.cfg
+        train_loss = loop.loss_sum / max(loop.epoch_samples, 1)
+        sps = loop.epoch_samples / max(loop.epoch_time, 1e-9)
+        loop.samples_total += loop.epoch_samples
+        loop.train_time_total += loop.epoch_time
+        epoch_time = loop.epoch_time
+        loop.epoch += 1
+        loop.step, loop.loss_sum, loop.epoch_samples, loop.epoch_time = 0, 0.0, 0, 0.0
+        metrics = self.evaluate(val)
+        if cfg.metric not in metrics or "loss" not in metrics:
+            raise ConfigError(f"metric_fn must return {cfg.metric!r} and 'loss'; got {sorted(metrics)}")
+        value = metrics[cfg.metric]
+        record = {"epoch": loop.epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
+                  **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
+                  "lr": lr_used, "samples_per_s": sps, "time_s": epoch_time}
+        if cmds:
+            record["commands"] = cmds
+        is_best = self._better(value, loop.best_metric)
+        if is_best:
+            loop.best_metric, loop.best_epoch, loop.bad_epochs = value, loop.epoch, 0
+            self._best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            loop.bad_epochs += 1
+        reason = None
+        if stop:
+            reason = "stop command"
+        elif not math.isfinite(train_loss):
+            reason = f"non-finite training loss {train_loss}"
+        elif cfg.early_stopping_patience and loop.bad_epochs >= cfg.early_stopping_patience:
+            reason = f"no {cfg.metric} improvement for {loop.bad_epochs} epochs"
+        if reason:
+            loop.finished = loop.stopped_early = True
+            loop.notes.append({"epoch": loop.epoch, "stopped": reason})
+        loop.history.append(record)
+        due = cfg.checkpoint_interval and loop.epoch % cfg.checkpoint_interval == 0
+        self._last_saved = None
+        if due or is_best or loop.finished or loop.epoch == cfg.epochs or self._signal is not None:
+            self._last_saved = self._save(loop, gen, opt, sched, scaler, is_best=is_best)
+        done = loop.epoch - run_start_epoch
+        eta = (time.perf_counter() - started) / max(done, 1) * (cfg.epochs - loop.epoch)
+        self.log.info(
+            f"epoch {loop.epoch}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {metrics['loss']:.4f} "
+            f"val_{cfg.metric} {value:.4f} lr {lr_used:.2e} {sps:.0f} samples/s eta {eta:.0f}s"
+            + (f" (stopping: {reason})" if reason else "")
+        )
+        if self.on_epoch is not None:
+            try:
+                self.on_epoch(dict(record))
+            except Exception as exc:  # a broken monitor must not kill a training run
+                self.log.warning(f"on_epoch callback failed: {exc}")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def check_split(name: str, tensors: tuple[torch.Tensor, ...]) -> int:
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise DatasetError(f"{name} split: expected a non-empty tuple of tensors")
+    n = len(tensors[0])
+    if n == 0 or any(len(t) != n for t in tensors):
+        raise DatasetError(f"{name} split: tensors must share a non-zero first dimension, got {[tuple(t.shape) for t in tensors]}")
+    return n
