@@ -37,5 +37,14 @@ MODELS: dict[str, ModelEntry] = {
                    "Fusion head over the trained vision and audio encoders (digit matching)", "accuracy", 0.90,
                    upstream_models=("vision_service", "audio_service"),
                    default_datasets=("digits", "spoken_digits")),
+        ModelEntry("environment_simulator", "unified_pipeline.models.environment_simulator", ("transitions",),
+                   "Probabilistic MLP ensemble world model (worst-case one-step MSE / copy-last-state MSE)",
+                   "mse_ratio_vs_copy", 0.1, higher_is_better=False, all_datasets=True),
+        ModelEntry("causal_reasoning_engine", "unified_pipeline.models.causal_reasoning", ("causal",),
+                   "NOTEARS structural causal model (worst-case SHD vs the true graph)",
+                   "shd", 5.0, higher_is_better=False, all_datasets=True),
+        ModelEntry("alpha_deep_model", "unified_pipeline.models.alpha_deep_model", ("memory",),
+                   "Denoising memory autoencoder: 32-byte int8 codes, retrieval recall@1",
+                   "recall_at_1", 0.8, default_datasets=("memory_records",)),
     ]
 }
