@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=1)
     s.set_defaults(func=_cmd_predict)
 
+    from unified_pipeline.cli_ops import add_parsers
+
+    add_parsers(sub)
     try:
         from unified_pipeline.registry.cli import add_models_parser
 

@@ -23,6 +23,7 @@ from unified_pipeline.code_version import code_version
 from unified_pipeline.hashing import combine
 from unified_pipeline.models.registry import MODELS, ModelEntry
 from unified_pipeline.paths import unified_home
+from unified_pipeline.progress import ProgressWriter
 
 # Settings that change how a run is carried out but not what it computes.
 NON_SEMANTIC_HPARAMS = {"checkpoint_interval", "keep_last", "compile", "use_gpu", "precision"}
@@ -62,6 +63,11 @@ def step_fingerprint(entry: ModelEntry, tensor_dirs: dict[str, Path], upstream: 
             *(f"model:{m}={v}" for m, v in sorted(upstream.items())),
         ]
     )
+
+
+def control_path(name: str) -> Path:
+    """Where `unified-pipeline control` leaves commands for a running training of `name`."""
+    return unified_home() / "control" / f"{name}.json"
 
 
 def _registry():
@@ -115,6 +121,7 @@ def train_or_reuse(
             device = lease.device if hparams.get("use_gpu", True) else "cpu"
             log.info(f"{name}: training on {device} ({lease.threads} CPU thread(s)), fingerprint {fp[:12]}")
             bundles = {ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()}
+            progress = ProgressWriter(name, run_id, int(hparams.get("epochs", 0)), device)
             job = FitJob(
                 model=name,
                 datasets=bundles,
@@ -125,9 +132,15 @@ def train_or_reuse(
                 out_dir=staging,
                 seed=int(hparams.get("seed", 0)),
                 log=log,
-                control_file=home / "control" / f"{name}.json",
+                control_file=control_path(name),
+                on_epoch=progress.on_epoch,
             )
-            result = module.fit(job)
+            try:
+                result = module.fit(job)
+            except BaseException as exc:
+                progress.finish("failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                raise
+            progress.finish("finished", test=result.metrics.get("test", {}))
         wall = time.time() - start
         lineage = {
             "data_versions": data_versions,
@@ -146,6 +159,9 @@ def train_or_reuse(
             name, staging, metrics=result.metrics, lineage=lineage, fingerprint=fp,
             metric=entry.metric, higher_is_better=entry.higher_is_better,
         )
+        # The version now holds the result; its checkpoints would only make a forced rerun resume
+        # from a finished state.
+        shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     version = reg.version

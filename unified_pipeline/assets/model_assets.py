@@ -85,10 +85,17 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
         }
         hparams = preset.hparams(scenario, entry.name, overrides)
         tensor_dirs = {ds: Path(inputs[_input_name(ds)]["path"]) for ds in datasets}
-        outcome = train_or_reuse(
-            entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
-            force=config.force_retrain, scenario=scenario,
-        )
+        try:
+            outcome = train_or_reuse(
+                entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
+                force=config.force_retrain, scenario=scenario,
+            )
+        except BaseException as exc:
+            from unified_pipeline.error_report import write_error_report
+
+            report = write_error_report(entry.name, context.run_id, context.job_name, exc)
+            context.log.error(f"{entry.name}: failed; report with traceback and resume command: {report}")
+            raise
         test = outcome.metrics.get("test", {})
         metadata: dict[str, Any] = {
             "version": outcome.version,

@@ -1,0 +1,183 @@
+"""CLI commands about running and finished training: status, monitor, control, results, visualize."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from unified_pipeline.errors import ConfigError
+from unified_pipeline.models.registry import MODELS
+from unified_pipeline.paths import unified_home
+
+
+def _bar(done: float, width: int = 24) -> str:
+    filled = int(round(max(0.0, min(1.0, done)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _eta(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_lines(states: list[dict]) -> list[str]:
+    lines = [f"{'model':<26} {'status':<9} {'progress':<26} {'epoch':>9} {'loss':>9} {'metric':>16} {'samples/s':>10} {'eta':>7}"]
+    for st in states:
+        metric_key = next((k for k in st if k.startswith("val_") and k != "val_loss"), None)
+        metric = f"{metric_key[4:]}={st[metric_key]:.4f}" if metric_key else "-"
+        epochs = max(int(st.get("epochs") or 0), 1)
+        loss = st.get("train_loss")
+        lines.append(
+            f"{st['model']:<26} {st.get('status', '?'):<9} {_bar(st.get('epoch', 0) / epochs):<26} "
+            f"{st.get('epoch', 0):>4}/{epochs:<4} {loss if loss is None else f'{loss:.4f}':>9} {metric:>16} "
+            f"{st.get('samples_per_s', 0):>10.0f} {_eta(st.get('eta_s')):>7}"
+        )
+    return lines
+
+
+def cmd_status(args) -> int:
+    from unified_pipeline.progress import read_all
+
+    states = read_all()
+    if args.json:
+        print(json.dumps(states, indent=2))
+        return 0
+    if not states:
+        print("no training has run yet (progress files appear under .unified/progress/)")
+        return 0
+    print("\n".join(progress_lines(states)))
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from unified_pipeline.progress import read_all
+
+    interval = max(0.2, args.interval)
+    rounds = 0
+    try:
+        while True:
+            states = read_all()
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[2J\033[H")
+            print(time.strftime("%H:%M:%S"), "unified-pipeline monitor (Ctrl-C to quit)")
+            print("\n".join(progress_lines(states)) if states else "nothing has trained yet")
+            sys.stdout.flush()
+            rounds += 1
+            running = [s for s in states if s.get("status") == "running"]
+            if args.once or (args.until_idle and not running) or (args.rounds and rounds >= args.rounds):
+                return 0
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_control(args) -> int:
+    from unified_pipeline.train_model import control_path
+    from unified_pipeline.training.control import write_command
+
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; valid: {sorted(MODELS)}")
+    action = getattr(args, "action", None)
+    cmd: dict = {}
+    if action == "pause" or args.pause:
+        cmd["pause"] = True
+    if action == "resume" or args.resume:
+        cmd["pause"] = False
+    if action == "stop" or args.stop:
+        cmd["stop"] = True
+    if args.lr is not None:
+        cmd["lr"] = args.lr
+    if not cmd:
+        raise ConfigError("nothing to send", hint="give --lr X, --pause, --resume or --stop")
+    path = write_command(control_path(args.model), **cmd)
+    print(f"{args.model}: queued {cmd} ({path}); applied at the next step boundary and logged in the run")
+    return 0
+
+
+def cmd_results(args) -> int:
+    results = sorted((unified_home() / "results").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not results:
+        print("no results yet; run `make run` or `unified-pipeline collaborative`")
+        return 0
+    chosen = results[-1] if not args.run else unified_home() / "results" / f"{args.run}.json"
+    if not chosen.exists():
+        raise ConfigError(f"no results for run {args.run!r}; known: {[p.stem for p in results[-10:]]}")
+    if args.json:
+        print(chosen.read_text())
+        return 0
+    md = chosen.with_suffix(".md")
+    print(md.read_text() if md.exists() else chosen.read_text())
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from unified_pipeline.inference import model_dir
+    from unified_pipeline.training import plots
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [args.model] if args.model else [m for m in MODELS]
+    written = []
+    for name in names:
+        try:
+            folder = model_dir(name, args.version)
+        except Exception as exc:  # a model that has not trained yet is skipped, with the reason
+            print(f"{name}: skipped ({exc})")
+            continue
+        history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
+        if not history:
+            print(f"{name}: no history recorded")
+            continue
+        target = out / name
+        target.mkdir(exist_ok=True)
+        written.append(plots.loss_curves(history, target / "loss.png", title=f"{name} loss"))
+        for key in sorted({k for rec in history for k in rec if k.startswith("val_") and k != "val_loss"}):
+            written.append(plots.metric_curve(history, key, target / f"{key}.png"))
+    for p in written:
+        print(p)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("status", help="state of every model's latest training (running, finished, failed)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("monitor", help="live view of running trainings: progress, loss, metric, samples/s, ETA")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--once", action="store_true", help="print one frame and exit")
+    s.add_argument("--until-idle", action="store_true", help="exit when nothing is running")
+    s.add_argument("--rounds", type=int, default=0, help=argparse_suppress())
+    s.set_defaults(func=cmd_monitor)
+
+    s = sub.add_parser("control", help="change a running training: --lr X, --pause, --resume, --stop")
+    s.add_argument("model")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--pause", action="store_true")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--stop", action="store_true", help="stop early with a checkpoint")
+    s.set_defaults(func=cmd_control)
+    for action in ("pause", "resume", "stop"):
+        s = sub.add_parser(action, help=f"{action} a running training (same as control --{action})")
+        s.add_argument("model")
+        s.set_defaults(func=cmd_control, action=action, lr=None, pause=False, resume=False, stop=False)
+
+    s = sub.add_parser("results", help="summary of the latest collaborative run (or --run ID)")
+    s.add_argument("--run")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_results)
+
+    s = sub.add_parser("visualize", help="write PNG loss and metric curves of trained models")
+    s.add_argument("model", nargs="?")
+    s.add_argument("--version")
+    s.add_argument("--out", default="plots")
+    s.set_defaults(func=cmd_visualize)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
