@@ -27,10 +27,11 @@ def load_model(name: str, version: str | int | None = None, device: str = "cpu")
 
 
 def predict(name: str, inputs: list[str], version: str | None = None, top: int = 1) -> Iterator[tuple[str, list]]:
+    folder = model_dir(name, version)
     module = importlib.import_module(MODELS[name].module)
     if not hasattr(module, "predict"):
         raise ConfigError(f"model {name!r} has no predict(); use its Python API instead")
     if inputs == ["-"]:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    results = module.predict(model_dir(name, version), inputs, top=top)
+    results = module.predict(folder, inputs, top=top)
     yield from zip(inputs, results)
