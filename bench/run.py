@@ -6,6 +6,7 @@ import importlib
 
 SECTIONS = {
     "data": "bench.data_throughput",
+    "parallel": "bench.parallel",
 }
 
 

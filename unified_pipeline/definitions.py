@@ -19,6 +19,7 @@ from unified_pipeline import devices
 from unified_pipeline.assets.data_assets import lane_assets
 from unified_pipeline.assets.graph import trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
+from unified_pipeline.assets.rollback_job import rollback_model
 from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, model_key
 from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
 from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
@@ -95,6 +96,8 @@ def build_definitions() -> Definitions:
                 description=preset.scenario(scenario).description,
             )
         )
+
+    jobs.append(rollback_model)
 
     schedules, sensors = [], []
     if any(j.name == MAIN_JOB for j in jobs):

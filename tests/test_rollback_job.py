@@ -1,0 +1,35 @@
+"""The rollback_model job moves production back and records it on the model asset."""
+import json
+
+from dagster import AssetKey, DagsterInstance
+
+
+def register(registry, tmp_path, n, acc):
+    src = tmp_path / f"src{n}"
+    src.mkdir()
+    (src / "weights.safetensors").write_bytes(b"w" * n)
+    (src / "metrics.json").write_text(json.dumps({"test": {"accuracy": acc}}))
+    return registry.register("vision_service", src, lineage={"data_versions": {}, "code_version": "c", "hparams": {}},
+                             metrics={"test": {"accuracy": acc}}, fingerprint=f"fp{n}", metric="accuracy")
+
+
+def test_rollback_job_restores_previous_production(home, tmp_path):
+    from unified_pipeline.assets.rollback_job import rollback_model
+    from unified_pipeline.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    register(reg, tmp_path, 1, 0.90)
+    register(reg, tmp_path, 2, 0.95)
+    assert reg.get("vision_service", "production").name == "vision_service/v2"
+    with DagsterInstance.ephemeral() as instance:
+        result = rollback_model.execute_in_process(
+            run_config={"ops": {"rollback_production": {"config": {"model": "vision_service", "reason": "bad in prod"}}}},
+            instance=instance,
+        )
+        assert result.success
+        (mat,) = [e.event_specific_data.materialization for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert mat.asset_key == AssetKey(["vision_service"])
+    assert mat.metadata["version"].value == "vision_service/v1"
+    assert ModelRegistry().get("vision_service", "production").name == "vision_service/v1"
+    log = [e for e in ModelRegistry().events("vision_service") if e.get("event") == "rollback" or e.get("action") == "rollback"]
+    assert log and "bad in prod" in json.dumps(log[-1])
