@@ -7,6 +7,7 @@ import importlib
 SECTIONS = {
     "data": "bench.data_throughput",
     "parallel": "bench.parallel",
+    "overhead": "bench.overhead",
 }
 
 
