@@ -8,6 +8,7 @@ SECTIONS = {
     "data": "bench.data_throughput",
     "parallel": "bench.parallel",
     "overhead": "bench.overhead",
+    "incremental": "bench.incremental",
 }
 
 
