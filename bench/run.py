@@ -9,6 +9,7 @@ SECTIONS = {
     "parallel": "bench.parallel",
     "overhead": "bench.overhead",
     "incremental": "bench.incremental",
+    "gpu_busy": "bench.gpu_busy",
 }
 
 
