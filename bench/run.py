@@ -10,6 +10,7 @@ SECTIONS = {
     "overhead": "bench.overhead",
     "incremental": "bench.incremental",
     "gpu_busy": "bench.gpu_busy",
+    "warm_start": "bench.warm_start",
 }
 
 

@@ -4,6 +4,10 @@ Plain Python, called by the Dagster model assets and by the CLI. A step's finger
 everything that decides its result: the model's code, the training code, the resolved
 hyperparameters, the data versions of its tensors and the versions of upstream models. When a
 registered version carries the same fingerprint, nothing trains.
+
+When the data changed only a little, a classifier may fine-tune the production version instead
+of starting over (training/warm_start.py); the parent version then joins the fingerprint, and the
+choice, with its reason, goes into the lineage.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from unified_pipeline.progress import ProgressWriter
 
 # Settings that change how a run is carried out but not what it computes.
 NON_SEMANTIC_HPARAMS = {"checkpoint_interval", "keep_last", "compile", "use_gpu", "precision"}
+# Warm-start settings only matter when a run warm-starts; they join that run's fingerprint.
+WARM_PREFIX = "warm_start"
 
 
 @dataclass
@@ -47,13 +53,15 @@ class StepOutcome:
     resumed_from: str | None = None
     plots: dict[str, str] = field(default_factory=dict)
     data_versions: dict[str, str] = field(default_factory=dict)
+    warm_start: dict[str, Any] = field(default_factory=dict)  # lineage record: used, reason, parent, ...
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def step_fingerprint(entry: ModelEntry, tensor_dirs: dict[str, Path], upstream: dict[str, str], hparams: dict) -> str:
-    semantic = {k: v for k, v in sorted(hparams.items()) if k not in NON_SEMANTIC_HPARAMS}
+    semantic = {k: v for k, v in sorted(hparams.items())
+                if k not in NON_SEMANTIC_HPARAMS and not k.startswith(WARM_PREFIX)}
     return combine(
         [
             entry.name,
@@ -63,6 +71,12 @@ def step_fingerprint(entry: ModelEntry, tensor_dirs: dict[str, Path], upstream: 
             *(f"model:{m}={v}" for m, v in sorted(upstream.items())),
         ]
     )
+
+
+def warm_fingerprint(base: str, parent: str, hparams: dict) -> str:
+    """Fingerprint of a run that fine-tunes `parent` on the inputs that `base` covers."""
+    warm = {k: v for k, v in sorted(hparams.items()) if k.startswith(WARM_PREFIX)}
+    return combine([base, f"warm_start_from:{parent}", json.dumps(warm, sort_keys=True, default=str)])
 
 
 def control_path(name: str) -> Path:
@@ -95,18 +109,36 @@ def train_or_reuse(
         v = registry.get(up, "production")
         upstream_versions[up] = v.name
         upstream_dirs[up] = registry.model_dir(up, v.number)
-    fp = step_fingerprint(entry, tensor_dirs, upstream_versions, hparams)
+    base_fp = fp = step_fingerprint(entry, tensor_dirs, upstream_versions, hparams)
     data_versions = {ds: Path(p).name for ds, p in tensor_dirs.items()}
+    production = _production(registry, name)
+
+    def reuse(found) -> StepOutcome:
+        log.info(f"{name}: up to date, reusing {found.name} (same data, code and hyperparameters)")
+        return StepOutcome(
+            model=name, version=found.name, path=str(found.path), fingerprint=found.fingerprint or fp, reused=True,
+            promoted="production" in (found.aliases or []), promotion_note="reused: nothing changed",
+            metrics=found.metrics, device=found.lineage.get("device", ""), data_versions=data_versions,
+            warm_start=found.lineage.get("warm_start") or {},
+        )
 
     if not force:
         found = registry.find_by_fingerprint(name, fp)
+        if (found is None and production is not None and _flag(hparams.get("warm_start", True))
+                and production.lineage.get("base_fingerprint") == base_fp):
+            found = production  # fine-tuned on exactly these inputs: nothing changed since
         if found is not None:
-            log.info(f"{name}: up to date, reusing {found.name} (same data, code and hyperparameters)")
-            return StepOutcome(
-                model=name, version=found.name, path=str(found.path), fingerprint=fp, reused=True,
-                promoted="production" in (found.aliases or []), promotion_note="reused: nothing changed",
-                metrics=found.metrics, device=found.lineage.get("device", ""), data_versions=data_versions,
-            )
+            return reuse(found)
+
+    from unified_pipeline.training.warm_start import plan_warm_start
+
+    plan = plan_warm_start(entry, tensor_dirs, hparams, production, registry)
+    log.info(f"{name}: {'warm start' if plan.used else 'from scratch'}: {plan.reason}")
+    if plan.used:
+        fp = warm_fingerprint(base_fp, plan.candidate, hparams)
+        found = None if force else registry.find_by_fingerprint(name, fp)
+        if found is not None:
+            return reuse(found)
 
     from unified_pipeline.datasets.base import TensorBundle
     from unified_pipeline.training.job import FitJob
@@ -134,6 +166,7 @@ def train_or_reuse(
                 log=log,
                 control_file=control_path(name),
                 on_epoch=progress.on_epoch,
+                warm_start=plan.spec,
             )
             try:
                 result = module.fit(job)
@@ -142,13 +175,20 @@ def train_or_reuse(
                 raise
             progress.finish("finished", test=result.metrics.get("test", {}))
         wall = time.time() - start
+        if plan.used:
+            # A fit that never reads job.warm_start trained from scratch after all.
+            plan.applied = result.notes.get("warm_start") or {
+                "used": False, "reason": f"{entry.module}.fit does not warm-start; trained from scratch"}
+        warm_record = plan.record()
         lineage = {
             "data_versions": data_versions,
             "code_version": code_version(entry.module, "unified_pipeline.models.base", packages=("training",)),
             "scenario": scenario,
             "hparams": hparams,
             "upstream": upstream_versions,
-            "parent": None,
+            "parent": warm_record["parent"],
+            "warm_start": warm_record,
+            "base_fingerprint": base_fp,
             "run_id": run_id,
             "seed": job.seed,
             "device": result.device,
@@ -167,9 +207,23 @@ def train_or_reuse(
     version = reg.version
     return StepOutcome(
         model=name, version=version.name, path=str(version.path), fingerprint=fp, reused=False,
-        promoted=reg.promoted, promotion_note=reg.reason, metrics=result.metrics, device=result.device,
+        promoted=reg.promoted, promotion_note=reg.reason if reg.promoted else f"registered, not promoted: {reg.reason}",
+        metrics=result.metrics, device=result.device,
         wall_time_s=wall, samples_per_s=result.samples_per_s, epochs_run=result.epochs_run,
         param_count=result.param_count, resumed_from=result.resumed_from,
         plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
-        data_versions=data_versions,
+        data_versions=data_versions, warm_start=warm_record,
     )
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _production(registry, name: str):
+    from unified_pipeline.registry import RegistryError
+
+    try:
+        return registry.get(name, "production")
+    except RegistryError:
+        return None

@@ -107,6 +107,7 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
             "location": MetadataValue.path(outcome.path),
             "metrics": MetadataValue.json(outcome.metrics),
             "hyperparameters": MetadataValue.json(hparams),
+            "warm_start": MetadataValue.json(outcome.warm_start or {}),
         }
         for k, v in test.items():
             if isinstance(v, (int, float)):

@@ -75,6 +75,12 @@ def fit_classifier(
 ) -> FitResult:
     """Train a classifier on data[split] = (inputs, y) and leave weights, metrics and plots in job.out_dir."""
     split = {s: (*data[s][0], data[s][1]) for s in ("train", "val", "test")}
+    warm = None
+    if getattr(job, "warm_start", None) is not None:
+        from unified_pipeline.training.warm_start import apply_warm_start
+
+        # Only the train rows and the schedule change; val/test stay whole so metrics compare.
+        job, split["train"], warm = apply_warm_start(job, model, split["train"])
 
     def plots_fn(plot_dir: Path, trainer: Trainer) -> dict[str, Path]:
         *inputs, y = split["test"]
@@ -90,6 +96,8 @@ def fit_classifier(
         higher_is_better=True, extra={"classes": list(classes), **(extra or {})}, plots_fn=plots_fn,
         baseline=baseline, baseline_name=baseline_name,
     )
+    if warm is not None:
+        result.notes["warm_start"] = warm
     return result
 
 

@@ -27,6 +27,7 @@ class FitJob:
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("unified_pipeline.train"))
     on_epoch: Callable[[dict[str, Any]], None] | None = None  # per-epoch record for monitors
     control_file: Path | None = None  # live commands (lr, pause, stop) polled at step boundaries
+    warm_start: Any = None  # training.warm_start.WarmStart: fine-tune that parent instead of starting over
 
     def hp(self, key: str, default: Any = None) -> Any:
         return self.hparams.get(key, default)
