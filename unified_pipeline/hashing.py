@@ -84,13 +84,22 @@ class HashCache:
 
 
 def list_files(root: Path) -> list[Path]:
-    """Every regular file under root, sorted, skipping hidden files and folders."""
+    """Every regular file under root, sorted, skipping hidden files and folders.
+
+    A symlink whose target lies outside root is skipped: a dataset or model folder must not
+    pull in files from elsewhere on the machine (links that stay inside root are fine).
+    """
     files = []
+    real_root = Path(root).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith("."):
-                files.append(Path(dirpath) / name)
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.is_symlink() and real_root not in path.resolve().parents:
+                continue
+            files.append(path)
     return files
 
 

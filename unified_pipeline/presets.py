@@ -201,6 +201,8 @@ def load_preset(path: str | Path | None = None) -> Preset:
         raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"{path}: cannot read preset file ({exc.strerror or exc})") from exc
     try:
         preset = Preset.model_validate(raw)
     except ValidationError as exc:

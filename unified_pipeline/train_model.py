@@ -11,6 +11,8 @@ choice, with its reason, goes into the lineage.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import logging
@@ -90,7 +92,32 @@ def _registry():
     return ModelRegistry()
 
 
-def train_or_reuse(
+@contextlib.contextmanager
+def _model_lock(name: str, log: Any):
+    """One training of a model at a time across processes: a second run of the same job waits,
+    then finds the first run's version by fingerprint instead of training it again."""
+    path = unified_home() / "locks" / "train" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"{name}: another run is training this model; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def train_or_reuse(name: str, tensor_dirs: dict[str, Path], hparams: dict[str, Any], **kwargs: Any) -> "StepOutcome":
+    """Reuse the registered version with the same inputs, or train and register a new one."""
+    log = kwargs.get("log") or logging.getLogger(f"unified_pipeline.{name}")
+    with _model_lock(name, log):
+        return _train_or_reuse(name, tensor_dirs, hparams, **kwargs)
+
+
+def _train_or_reuse(
     name: str,
     tensor_dirs: dict[str, Path],
     hparams: dict[str, Any],

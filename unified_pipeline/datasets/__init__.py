@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unified_pipeline.errors import DatasetError
-from unified_pipeline.paths import check_name, raw_root
+from unified_pipeline.paths import check_name, inside, raw_root
 
 # Order matters for detection: folder layouts first, then file-based kinds from most to least specific.
 KIND_MODULES: dict[str, str] = {
@@ -57,6 +57,16 @@ def detect_kind(root: Path) -> str:
     )
 
 
+def check_folder(root: Path, sub: Path) -> None:
+    """A dataset folder must be a plain name under the raw root, not a link to elsewhere."""
+    check_name(sub.name, "dataset name")
+    try:
+        inside(root, sub.name)
+    except ValueError as exc:
+        raise DatasetError(f"{sub}: links to {sub.resolve()}, outside the raw root {root}; "
+                           "copy the data in instead of linking it") from exc
+
+
 def discover(root: Path | None = None, strict: bool = False) -> list[DatasetRef]:
     """Every dataset folder under the raw root, sorted by name.
 
@@ -69,7 +79,7 @@ def discover(root: Path | None = None, strict: bool = False) -> list[DatasetRef]
     found = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            check_name(sub.name, "dataset name")
+            check_folder(root, sub)
             found.append(DatasetRef(sub.name, detect_kind(sub), sub))
         except (DatasetError, ValueError):
             if strict:
@@ -84,7 +94,7 @@ def undetected(root: Path | None = None) -> dict[str, str]:
     if root.is_dir():
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                check_name(sub.name, "dataset name")
+                check_folder(root, sub)
                 detect_kind(sub)
             except (DatasetError, ValueError) as exc:
                 out[sub.name] = str(exc)

@@ -16,7 +16,7 @@ import pandas as pd
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS
 from unified_pipeline.datasets.vision import (
-    assign_splits, base_row, data_version, detect_class_folders, refuse_undecodable, scan_class_folders,
+    assign_splits, base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
 from unified_pipeline.errors import DatasetError
 
@@ -135,7 +135,7 @@ class AudioKind:
         lengths = torch.zeros(len(manifest), dtype=torch.int64)
         resamplers: dict = {}
         for i, rel in enumerate(manifest["path"]):
-            wave = load_clip(root / rel, cfg.sample_rate, max_samples, resamplers)
+            wave = load_clip(sample_path(root, rel), cfg.sample_rate, max_samples, resamplers)
             waves[i, : wave.shape[0]] = wave
             lengths[i] = valid_frames(int(wave.shape[0]), settings["hop_length"])
         feats = log_mel(waves, settings)

@@ -62,6 +62,8 @@ class CausalKind:
         names = list(raw.columns)
         if len(names) < 2 or len(set(names)) != len(names) or any(not n for n in names):
             raise DatasetError(f"{root / rel}: need at least two uniquely named columns; found {names}")
+        if raw.empty:
+            raise DatasetError(f"{root / rel}: no data rows (header only)")
         if ADJACENCY in file_hashes:
             read_adjacency(root / ADJACENCY, names)
         values = raw.apply(lambda s: pd.to_numeric(s.str.strip(), errors="coerce")).astype("float64")

@@ -26,6 +26,7 @@ from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, split_of
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.paths import inside
 
 TEXT_EXTENSIONS = (".csv", ".jsonl")
 PAD, UNKNOWN = "<pad>", "<unk>"
@@ -176,6 +177,11 @@ def checked_files(root: Path, file_hashes: dict[str, str], extensions: tuple[str
         raise DatasetError(f"{Path(root) / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}; "
                            f"accepted: {', '.join(extensions + allowed)}")
     files = sorted(r for r in file_hashes if r not in allowed)
+    for rel in files:
+        try:
+            inside(root, rel)
+        except ValueError as exc:
+            raise DatasetError(f"{root}: file path {rel!r} is outside the dataset folder") from exc
     if not files:
         raise DatasetError(f"{root}: no {'/'.join(extensions)} files found")
     return files

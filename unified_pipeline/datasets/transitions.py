@@ -75,6 +75,8 @@ class TransitionsKind:
                 raise DatasetError(f"{root / rel}: columns {cols} differ from the dataset's first file {first_cols}")
             frames.append(self._file_rows(rel, raw, file_hashes[rel]))
         df = pd.concat(frames, ignore_index=True)
+        if df.empty:
+            raise DatasetError(f"{root}: no transition rows in {sorted(file_hashes)} (header only?)")
         df["decodable"] = df["decodable"].astype(bool)
         return df
 

@@ -16,6 +16,7 @@ from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, split_of
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.paths import inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRAY_MODES = ("1", "L")
@@ -23,6 +24,14 @@ MANIFEST_COLUMNS = [
     "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
     "width", "height", "channels", "mode", "format",
 ]
+
+
+def sample_path(root: Path, rel: str) -> Path:
+    """`root/rel`, refusing a manifest path that leads outside the dataset folder (.., absolute, links out)."""
+    try:
+        return inside(root, rel)
+    except ValueError as exc:
+        raise DatasetError(f"{root}: manifest path {str(rel)!r} is outside the dataset folder") from exc
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -70,6 +79,8 @@ def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tupl
             f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
         )
+    for rel in file_hashes:
+        sample_path(root, rel)
     return sorted(file_hashes)
 
 
@@ -165,7 +176,7 @@ class VisionKind:
         size = self._target_size(root, manifest, cfg)
         classes = sorted(manifest["label"].unique())
         index = {c: i for i, c in enumerate(classes)}
-        images = np.stack([load_image(root / rel, mode, size) for rel in manifest["path"]])
+        images = np.stack([load_image(sample_path(root, rel), mode, size) for rel in manifest["path"]])
         x = torch.from_numpy(images).float().div_(255.0)
         y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
         splits = assign_splits(manifest, cfg)

@@ -16,19 +16,24 @@ file under its dotted path and is replaced in the JSON by {"__tensor__": key}; d
 non-string keys (optimiser state is keyed by parameter index) are stored as key/value pairs.
 
 Retention keeps the newest `keep_last` checkpoints plus the one holding the best epoch, and
-deletes others only after a new checkpoint is committed. Only folders named like the above
+deletes others only after a new checkpoint is committed. Saving, pruning and picking the resume
+point hold an exclusive flock on the checkpoint directory itself, so two runs of the same model
+and inputs (same directory) never rename onto or delete each other's folders mid-write. Only folders named like the above
 are ever read; anything else (a `.pt` file, say) is ignored and never unpickled.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -157,32 +162,55 @@ class Checkpoint:
     state: dict[str, Any]  # everything, tensors put back in place
 
 
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Exclusive flock on the folder itself (no lock file to clutter it); released when the holder dies."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: Path, epoch: int, step: int, state: dict[str, Any]) -> Path:
     """Write `state` (nested dicts of tensors and JSON values) as one committed checkpoint folder."""
-    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = flatten(state, "", tensors)
+    with directory_lock(directory):
+        return _commit(Path(directory), epoch, step, tree, tensors)
+
+
+def _commit(directory: Path, epoch: int, step: int, tree: Any, tensors: dict[str, torch.Tensor]) -> Path:
     name = checkpoint_name(epoch, step)
     target = directory / name
     stale: Path | None = None
     if target.exists():
-        # Only a checkpoint that resume skipped (corrupt, or from an abandoned line) can be here.
+        # A checkpoint that resume skipped (corrupt, or from an abandoned line), or the same one
+        # committed by a concurrent run of the same inputs.
         stale = directory / f".stale-{name}"
         shutil.rmtree(stale, ignore_errors=True)
         target.rename(stale)
-    tensors: dict[str, torch.Tensor] = {}
-    tree = flatten(state, "", tensors)
-    with atomic.atomic_dir(target) as tmp:
-        atomic.save_safetensors(tmp / TENSORS_FILE, tensors, metadata={"format": FORMAT})
-        atomic.write_json(tmp / STATE_FILE, tree)
-        atomic.write_json(
-            tmp / MANIFEST_FILE,
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "epoch": epoch,
-                "step": step,
-                "files": {f: sha256_file(tmp / f) for f in (TENSORS_FILE, STATE_FILE)},
-            },
-        )
+    try:
+        with atomic.atomic_dir(target) as tmp:
+            atomic.save_safetensors(tmp / TENSORS_FILE, tensors, metadata={"format": FORMAT})
+            atomic.write_json(tmp / STATE_FILE, tree)
+            atomic.write_json(
+                tmp / MANIFEST_FILE,
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "epoch": epoch,
+                    "step": step,
+                    "files": {f: sha256_file(tmp / f) for f in (TENSORS_FILE, STATE_FILE)},
+                },
+            )
+    except BaseException:
+        if stale is not None and not target.exists():  # a failed write must not cost the old folder
+            stale.rename(target)
+        raise
     if stale is not None:
         shutil.rmtree(stale, ignore_errors=True)
     return target
@@ -213,9 +241,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         f = path / name
         if name not in files:
             raise IntegrityError(f"{manifest_path}: no checksum recorded for {name}")
-        if not f.is_file():
-            raise IntegrityError(f"{f}: missing")
-        digest = sha256_file(f)
+        try:
+            digest = sha256_file(f)
+        except OSError as exc:
+            raise IntegrityError(f"{f}: missing or unreadable ({exc})") from exc
         if digest != files[name]:
             raise IntegrityError(f"{f}: sha256 {digest[:12]}... does not match manifest {str(files[name])[:12]}...")
     try:
@@ -253,6 +282,13 @@ def foreign_entries(directory: Path) -> list[Path]:
 def latest_valid(directory: Path, log: Any = None, device: str | torch.device = "cpu") -> Checkpoint | None:
     """Newest checkpoint whose checksums verify; broken newer ones are skipped with a warning."""
     log = log or logging.getLogger(__name__)
+    if not Path(directory).is_dir():
+        return None
+    with directory_lock(directory):
+        return _latest_valid(Path(directory), log, device)
+
+
+def _latest_valid(directory: Path, log: Any, device: str | torch.device) -> Checkpoint | None:
     for p in foreign_entries(directory):
         log.warning(f"checkpoint folder {directory}: ignoring {p.name} (not a checkpoint of this pipeline; never unpickled)")
     for _key, path in reversed(list_checkpoints(directory)):
@@ -270,6 +306,11 @@ def prune(directory: Path, keep_last: int, current: tuple[int, int], best_epoch:
     as do half-built folders left by a killed process.
     """
     directory = Path(directory)
+    with directory_lock(directory):
+        return _prune(directory, keep_last, current, best_epoch)
+
+
+def _prune(directory: Path, keep_last: int, current: tuple[int, int], best_epoch: int | None) -> list[Path]:
     entries = list_checkpoints(directory)
     older = [(k, p) for k, p in entries if k <= current]
     keep = {p for _k, p in older[-max(1, keep_last):]}
