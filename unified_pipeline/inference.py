@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,5 +34,8 @@ def predict(name: str, inputs: list[str], version: str | None = None, top: int =
         raise ConfigError(f"model {name!r} has no predict(); use its Python API instead")
     if inputs == ["-"]:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    results = module.predict(folder, inputs, top=top)
+    if "top" in inspect.signature(module.predict).parameters:
+        results = module.predict(folder, inputs, top=top)
+    else:  # top-1 only: (label, probability) per input
+        results = [[r] for r in module.predict(folder, inputs)]
     yield from zip(inputs, results)
