@@ -11,6 +11,7 @@ SECTIONS = {
     "incremental": "bench.incremental",
     "gpu_busy": "bench.gpu_busy",
     "warm_start": "bench.warm_start",
+    "controller": "bench.controller",
 }
 
 
