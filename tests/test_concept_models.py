@@ -152,12 +152,13 @@ def test_causal_rejects_bad_shapes(tmp_path):
 # -- alpha deep model ------------------------------------------------------------------------
 
 def _memory_bundle(n=240, seed=0) -> TensorBundle:
-    """Records with topic-driven words/keywords/entities; reward depends on the topic."""
+    """Records with topic-driven words/keywords/entities; reward says whether the action suits the topic."""
     rng = np.random.default_rng(seed)
     vocab = ["<pad>", "<unk>"] + [f"w{i}" for i in range(60)]
     kw_vocab = [f"k{i}" for i in range(20)]
     ent_vocab = ["<pad>"] + [f"e{i}" for i in range(15)]
     verb_vocab = ["<pad>", "uses", "sees", "makes"]
+    action_vocab = ["keep", "drop"]
     topics = rng.integers(0, 4, size=n)
     gist = np.zeros((n, 12), dtype=np.int64)
     keywords = np.zeros((n, 20), dtype=np.float32)
@@ -169,14 +170,17 @@ def _memory_bundle(n=240, seed=0) -> TensorBundle:
         for r in range(rng.integers(1, 4)):
             rel[i, r] = (rng.integers(1, 16), rng.integers(1, 4), rng.integers(1, 16))
     mods = rng.normal(size=(n, 6)).astype(np.float32)
-    feedback = np.stack([topics / 3.0 + 0.05 * rng.normal(size=n), (topics >= 2).astype(float)], 1).astype(np.float32)
+    action = rng.integers(0, 2, size=n)
+    right = action == (topics % 2)
+    reward = np.where(right, 1.0, -0.5) + 0.05 * rng.normal(size=n)
+    feedback = np.stack([reward, right.astype(float)], 1).astype(np.float32)
     idx = {"train": slice(0, 160), "val": slice(160, 200), "test": slice(200, n)}
     tensors = {}
     for s, sl in idx.items():
-        for k, v in zip(A.FIELDS, (gist, keywords, rel, mods, feedback)):
+        for k, v in zip(A.FIELDS, (gist, keywords, rel, mods, feedback, action)):
             tensors[f"{s}/{k}"] = torch.tensor(v[sl])
     meta = {"vocab": vocab, "keyword_vocab": kw_vocab, "entity_vocab": ent_vocab, "verb_vocab": verb_vocab,
-            "modality_dims": {"features": 6}}
+            "action_vocab": action_vocab, "modality_dims": {"features": 6}}
     return TensorBundle(tensors, meta)
 
 
@@ -197,6 +201,10 @@ def test_alpha_retrieves_and_predicts_feedback(tmp_path):
     assert hits.shape == (5, 3) and hits[:, 0].tolist() == list(range(5))
     with pytest.raises(ConfigError, match="keywords"):
         A.encode(model, {"gist": records["gist"]})
+    every = A.predict_feedback(model, codes)  # two actions: the taken one if it succeeded, else the other
+    assert every.shape == (40, 2, 2)
+    best = torch.where(records["feedback"][:, 1] > 0.5, records["action"], 1 - records["action"])
+    assert (every[:, :, 0].argmax(1) == best).float().mean() > 0.8
 
 
 def test_alpha_rejects_bad_memory_tensors(tmp_path):
@@ -207,4 +215,8 @@ def test_alpha_rejects_bad_memory_tensors(tmp_path):
     bundle = _memory_bundle(n=60)
     del bundle.meta["verb_vocab"]
     with pytest.raises(DatasetError, match="verb_vocab"):
+        A.fit(_job("alpha_deep_model", {"memory_records": bundle}, {"epochs": 1}, tmp_path))
+    bundle = _memory_bundle(n=60)
+    bundle.tensors["train/action"] = bundle.tensors["train/action"] + 5
+    with pytest.raises(DatasetError, match="train/action"):
         A.fit(_job("alpha_deep_model", {"memory_records": bundle}, {"epochs": 1}, tmp_path))

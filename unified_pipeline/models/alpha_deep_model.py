@@ -6,9 +6,11 @@ so it quantises to int8 with one fixed scale (1 byte per dimension, nothing stor
 Training is a denoising autoencoder: each batch is corrupted (gist words and keywords dropped,
 modality noise) and the code must reconstruct the CLEAN keywords, bag of gist words, entity
 bag and modality features; an InfoNCE term pulls two corrupted views of a record together,
-which is what makes a partial copy find its original. A head predicts the record's action
-feedback (reward, success) from the code. Feedback is not an encoder input, so that
-prediction is a real test of what the code carries.
+which is what makes a partial copy find its original. The feedback head predicts (reward,
+success) for a (memory, action) pair from the code and an embedding of the action taken: the
+reward judges whether that action suited the remembered event, so without the action it is
+unpredictable beyond its mean. Neither feedback nor action is an encoder input, so the head
+is a real test of what the code carries; `predict_feedback` scores any action for a code.
 
 Headline `recall_at_1`: a corrupted copy of each test record (30% of gist words and keywords
 dropped, Gaussian noise of 0.3 feature-std on modalities) retrieves by cosine similarity
@@ -35,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "code_dim": 32,
     "embed_dim": 64,
     "hidden": 128,
-    "epochs": 60,
+    "epochs": 120,
     "batch_size": 128,
     "learning_rate": 3e-3,
     "weight_decay": 1e-4,
@@ -43,8 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "modality_noise": 0.3,
     "contrastive_weight": 1.0,
     "temperature": 0.1,
+    "feedback_weight": 10.0,  # the reward is a (verb, object, action) table: weak weights leave it at the mean
+    "feedback_layers": 1,
 }
-FIELDS = ("gist", "keywords", "relations", "modalities", "feedback")
+FIELDS = ("gist", "keywords", "relations", "modalities", "feedback", "action")
 
 
 @dataclass
@@ -54,9 +58,11 @@ class AlphaConfig:
     entity_size: int = 2
     verb_size: int = 2
     modality_size: int = 1
+    action_size: int = 1
     code_dim: int = 32
     embed_dim: int = 64
     hidden: int = 128
+    feedback_layers: int = 1
 
 
 @register_architecture("alpha_deep_model")
@@ -77,7 +83,13 @@ class AlphaDeepModel(BaseModel):
         self.word_out = nn.Linear(c.hidden, c.vocab_size)
         self.entity_out = nn.Linear(c.hidden, c.entity_size)
         self.modality_out = nn.Linear(c.hidden, c.modality_size)
-        self.feedback_out = nn.Sequential(nn.Linear(c.code_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, 2))
+        # One (reward, success) readout per action: the action selects output rows, so every
+        # action's value is a separate function of the memory (concatenating an action embedding
+        # to the code stayed worse than the mean: the head never learnt the interaction).
+        layers = [nn.Linear(c.code_dim, c.hidden), nn.GELU()]
+        for _ in range(c.feedback_layers - 1):
+            layers += [nn.Linear(c.hidden, c.hidden), nn.GELU()]
+        self.feedback_out = nn.Sequential(*layers, nn.Linear(c.hidden, 2 * c.action_size))
         self.register_buffer("modality_mean", torch.zeros(c.modality_size))
         self.register_buffer("modality_std", torch.ones(c.modality_size))
 
@@ -94,7 +106,12 @@ class AlphaDeepModel(BaseModel):
     def decode(self, code):
         h = self.decoder(code)
         return {"keywords": self.keyword_out(h), "words": self.word_out(h), "entities": self.entity_out(h),
-                "modalities": self.modality_out(h), "feedback": self.feedback_out(code)}
+                "modalities": self.modality_out(h)}
+
+    def feedback(self, code: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """[N, 2]: reward and success logit for taking `action` [N] on the memories `code` [N, code_dim]."""
+        per_action = self.feedback_out(code).view(len(code), self.config.action_size, 2)
+        return per_action[torch.arange(len(code), device=code.device), action]
 
 
 def corrupt(batch, drop: float, noise: float, model: AlphaDeepModel, generator=None):
@@ -125,17 +142,17 @@ def dequantise(q: torch.Tensor) -> torch.Tensor:
     return q.float() / 127
 
 
-def reconstruction_loss(model: AlphaDeepModel, code: torch.Tensor, batch) -> torch.Tensor:
+def reconstruction_loss(model: AlphaDeepModel, code: torch.Tensor, batch, feedback_weight: float = 1.0) -> torch.Tensor:
     """Clean-record targets: keywords, bag of gist words, bag of entities, modality features, feedback."""
-    gist, keywords, relations, modalities, feedback = batch
+    gist, keywords, relations, modalities, feedback, action = batch
     c, out = model.config, model.decode(code)
     rec = (F.binary_cross_entropy_with_logits(out["keywords"], keywords)
            + F.binary_cross_entropy_with_logits(out["words"], _bag(gist, c.vocab_size))
            + F.binary_cross_entropy_with_logits(out["entities"], _bag(relations[..., [0, 2]], c.entity_size))
            + F.mse_loss(out["modalities"], (modalities - model.modality_mean) / model.modality_std))
-    fb = F.mse_loss(out["feedback"][:, 0], feedback[:, 0]) + F.binary_cross_entropy_with_logits(
-        out["feedback"][:, 1], feedback[:, 1])
-    return rec + fb
+    pred = model.feedback(code, action)
+    fb = F.mse_loss(pred[:, 0], feedback[:, 0]) + F.binary_cross_entropy_with_logits(pred[:, 1], feedback[:, 1])
+    return rec + feedback_weight * fb
 
 
 def make_loss(hp: dict):
@@ -146,7 +163,7 @@ def make_loss(hp: dict):
         logits = a @ b.t() / hp["temperature"]
         target = torch.arange(len(a), device=a.device)
         nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-        return reconstruction_loss(model, z1, batch) + hp["contrastive_weight"] * nce
+        return reconstruction_loss(model, z1, batch, hp["feedback_weight"]) + hp["contrastive_weight"] * nce
     return loss_fn
 
 
@@ -162,6 +179,24 @@ def encode(model: AlphaDeepModel, records: dict[str, torch.Tensor] | tuple, batc
     parts = [model.encode(*(t[i:i + batch_size].to(dev) for t in records[:4]))
              for i in range(0, len(records[0]), batch_size)]
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def predict_feedback(model: AlphaDeepModel, codes: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+    """Expected (reward, success probability) for codes [N, code_dim] (float or int8).
+
+    With `actions` [N] one pair per memory, [N, 2]; without, every action: [N, action_size, 2]."""
+    dev = model.modality_mean.device
+    codes = (dequantise(codes) if codes.dtype == torch.int8 else codes).float().to(dev)
+    if actions is None:
+        k = model.config.action_size
+        every = torch.arange(k, device=dev).repeat(len(codes))
+        return predict_feedback(model, codes.repeat_interleave(k, 0), every).view(len(codes), k, 2)
+    actions = actions.to(dev)
+    if actions.shape != codes.shape[:1] or (len(actions) and int(actions.max()) >= model.config.action_size):
+        raise ConfigError(f"predict_feedback: actions must be [N={len(codes)}] ids below {model.config.action_size}")
+    out = model.feedback(codes, actions)
+    return torch.stack([out[:, 0], torch.sigmoid(out[:, 1])], 1)
 
 
 @torch.no_grad()
@@ -182,8 +217,9 @@ def rebuilt_json_bytes(meta: dict, data: tuple) -> float:
 
     Timestamps, ids and the original summary punctuation are gone from the tensors, so this is
     a lower bound on the size of the original JSON record."""
-    vocab, kw, ent, verb = (meta[k] for k in ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab"))
-    gist, keywords, relations, modalities, feedback = data
+    vocab, kw, ent, verb, acts = (meta[k] for k in ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab",
+                                                   "action_vocab"))
+    gist, keywords, relations, modalities, feedback, action = data
     sizes = []
     for i in range(len(gist)):
         rec = {"base_gist": {"summary": " ".join(vocab[j] for j in gist[i].tolist() if j),
@@ -191,7 +227,8 @@ def rebuilt_json_bytes(meta: dict, data: tuple) -> float:
                "relational_context": {"relations": [{"subject": ent[s], "verb": verb[v], "object": ent[o]}
                                                     for s, v, o in relations[i].tolist() if s]},
                "modalities": [round(float(v), 4) for v in modalities[i]],
-               "action_feedback": {"reward": round(float(feedback[i, 0]), 4), "success": bool(feedback[i, 1] > 0.5)}}
+               "action_feedback": {"action": acts[int(action[i])], "reward": round(float(feedback[i, 0]), 4),
+                                   "success": bool(feedback[i, 1] > 0.5)}}
         sizes.append(len(zlib.compress(json.dumps(rec).encode("utf-8"), 9)))
     return sum(sizes) / max(len(sizes), 1)
 
@@ -207,9 +244,8 @@ def make_metric(hp: dict, feedback_mean: torch.Tensor, json_bytes: float | None 
         q_float = encode(model, corrupt(data, hp["drop_fraction"], hp["modality_noise"], model,
                                         torch.Generator(device=data[0].device).manual_seed(1234)))
         top_float = retrieve(model, q_float, encode(model, data), k=1)
-        with torch.no_grad():
-            out = model.feedback_out(encode(model, data))
-        pred = torch.stack([out[:, 0], torch.sigmoid(out[:, 1])], 1)
+        # Feedback from the stored int8 codes: what a consumer of the memory would have.
+        pred = predict_feedback(model, memory, data[5])
         fb = data[4]
         mse = ((pred - fb) ** 2).mean(0)
         base = ((feedback_mean.to(fb.device) - fb) ** 2).mean(0)
@@ -238,7 +274,7 @@ def _tensors(name: str, bundle, split: str) -> tuple[torch.Tensor, ...]:
     if missing:
         raise DatasetError(f"{name}: tensor(s) {[f'{split}/{f}' for f in missing]} missing; have {sorted(bundle.tensors)}")
     n = t["gist"].shape[0]
-    expect = {"gist": 2, "keywords": 2, "relations": 3, "modalities": 2, "feedback": 2}
+    expect = {"gist": 2, "keywords": 2, "relations": 3, "modalities": 2, "feedback": 2, "action": 1}
     for f, nd in expect.items():
         if t[f].ndim != nd or t[f].shape[0] != n:
             raise DatasetError(f"{name}: tensor '{split}/{f}' has shape {tuple(t[f].shape)}; expected {nd} dims and {n} rows")
@@ -248,7 +284,7 @@ def _tensors(name: str, bundle, split: str) -> tuple[torch.Tensor, ...]:
 
 
 def _config_from(name: str, bundle, hp: dict) -> AlphaConfig:
-    for key in ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab"):
+    for key in ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab", "action_vocab"):
         if not isinstance(bundle.meta.get(key), list):
             raise DatasetError(f"{name}: meta field {key!r} missing or not a list")
     meta, t = bundle.meta, bundle.tensors
@@ -261,10 +297,15 @@ def _config_from(name: str, bundle, hp: dict) -> AlphaConfig:
         verbs = t[f"{split}/relations"][..., 1]
         if verbs.numel() and int(verbs.max()) >= len(meta["verb_vocab"]):
             raise DatasetError(f"{name}: tensor '{split}/relations' has verb ids outside meta 'verb_vocab'")
+        actions = t[f"{split}/action"]
+        if actions.numel() and (int(actions.max()) >= len(meta["action_vocab"]) or int(actions.min()) < 0):
+            raise DatasetError(f"{name}: tensor '{split}/action' has ids outside meta 'action_vocab'")
     return AlphaConfig(vocab_size=len(meta["vocab"]), keyword_size=int(t["train/keywords"].shape[1]),
                        entity_size=len(meta["entity_vocab"]), verb_size=len(meta["verb_vocab"]),
-                       modality_size=int(t["train/modalities"].shape[1]), code_dim=int(hp["code_dim"]),
-                       embed_dim=int(hp["embed_dim"]), hidden=int(hp["hidden"]))
+                       modality_size=int(t["train/modalities"].shape[1]),
+                       action_size=max(1, len(meta["action_vocab"])), code_dim=int(hp["code_dim"]),
+                       embed_dim=int(hp["embed_dim"]), hidden=int(hp["hidden"]),
+                       feedback_layers=int(hp["feedback_layers"]))
 
 
 def fit(job: FitJob) -> FitResult:

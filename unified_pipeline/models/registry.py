@@ -46,5 +46,13 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("alpha_deep_model", "unified_pipeline.models.alpha_deep_model", ("memory",),
                    "Denoising memory autoencoder: 32-byte int8 codes, retrieval recall@1",
                    "recall_at_1", 0.8, default_datasets=("memory_records",)),
+        ModelEntry("audio_student", "unified_pipeline.models.audio_student", ("audio",),
+                   "Tiny conv audio classifier distilled from audio_service (soft targets at temperature T)",
+                   "accuracy", 0.93, upstream_models=("audio_service",), default_datasets=("spoken_digits",)),
+        ModelEntry("adaptive_learning_controller", "unified_pipeline.models.adaptive_learning_controller",
+                   ("vision", "audio", "text"),
+                   "Optuna study per service model over lr multiplier, batch size and patience, warm-started "
+                   "from registered training histories (fraction of models beating the preset on val)",
+                   "wins_fraction", 0.5, default_datasets=("digits", "spoken_digits", "langid")),
     ]
 }
