@@ -1,0 +1,171 @@
+"""audio_service: conv front end over log-mel frames + bidirectional GRU/LSTM + classifier.
+
+The front end (a strided 1-D convolution across time, mel bins as channels) halves the
+sequence before the recurrent layer, which is where CPU time goes. Padding never reaches the
+recurrent state (pack_padded_sequence with the bundle's `lengths`) nor the pooled embedding
+(masked mean + max over valid frames).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from unified_pipeline.errors import ConfigError, DatasetError
+from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.training.job import FitJob, FitResult
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "weight_decay": 1e-4,
+    "early_stopping_patience": 6,
+    "conv_channels": 64,
+    "conv_stride": 2,
+    "hidden_size": 64,
+    "rnn": "gru",
+    "dropout": 0.2,
+    "spec_mask": 4,
+}
+
+
+@dataclass
+class AudioRNNConfig:
+    num_classes: int = 10
+    n_mels: int = 40
+    conv_channels: int = 64
+    conv_kernel: int = 5
+    conv_stride: int = 2
+    hidden_size: int = 64
+    num_layers: int = 1
+    rnn: str = "gru"  # "gru" or "lstm"
+    dropout: float = 0.2
+    spec_mask: int = 4  # max width of one random time and one mel-band mask, training mode only
+
+
+@register_architecture("audio_rnn")
+class AudioRNN(BaseModel):
+    config_cls = AudioRNNConfig
+
+    def __init__(self, config: AudioRNNConfig):
+        super().__init__(config)
+        c, k = config.conv_channels, config.conv_kernel
+        self.frontend = nn.Sequential(
+            nn.Conv1d(config.n_mels, c, k, stride=config.conv_stride, padding=k // 2, bias=False),
+            nn.BatchNorm1d(c),
+            nn.GELU(),
+            nn.Conv1d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm1d(c),
+            nn.GELU(),
+        )
+        rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(config.rnn)
+        if rnn_cls is None:
+            raise ConfigError(f"audio_service: rnn must be 'gru' or 'lstm', got {config.rnn!r}")
+        self.rnn = rnn_cls(c, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+                           bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.embedding_dim = 4 * config.hidden_size  # mean and max of both directions
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.embedding_dim, config.num_classes))
+
+    def _frames_after_frontend(self, lengths: torch.Tensor) -> torch.Tensor:
+        k, s = self.config.conv_kernel, self.config.conv_stride
+        return ((lengths + 2 * (k // 2) - k) // s + 1).clamp(min=1)
+
+    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+        # SpecAugment-style: one random time band and one mel band zeroed per batch (0 = mean after normalising).
+        w = self.config.spec_mask
+        t0 = int(torch.randint(0, max(1, x.shape[2] - w), ()))
+        f0 = int(torch.randint(0, max(1, x.shape[1] - w), ()))
+        tw, fw = torch.randint(0, w + 1, (2,)).tolist()
+        x = x.clone()
+        x[:, :, t0:t0 + tw] = 0.0
+        x[:, f0:f0 + fw, :] = 0.0
+        return x
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log-mel batch [N,n_mels,T] with valid frame counts [N] -> embedding [N, embedding_dim]."""
+        lengths = lengths.to(torch.long).cpu()
+        # Padding is set to 0 (the normalised mean) so the convolutions near a clip's end never see what it held.
+        frames = torch.arange(x.shape[-1]).unsqueeze(0) < lengths.unsqueeze(1)
+        x = x * frames.unsqueeze(1).to(x.device, x.dtype)
+        h = self.frontend(x).transpose(1, 2)  # [N, T', C]
+        n = self._frames_after_frontend(lengths).clamp(max=h.shape[1])
+        packed = pack_padded_sequence(h, n, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        valid = (torch.arange(h.shape[1]).unsqueeze(0) < n.unsqueeze(1)).to(out.device).unsqueeze(-1)
+        mean = (out * valid).sum(1) / n.to(out.device, out.dtype).unsqueeze(1)
+        peak = out.masked_fill(~valid, float("-inf")).max(1).values
+        return torch.cat([mean, peak], dim=1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.training and self.config.spec_mask > 0:
+            x = self._mask(x)
+        return self.head(self.encode(x, lengths))
+
+
+def build(meta: dict[str, Any], hp: dict[str, Any]) -> AudioRNN:
+    names = {f.name for f in dataclasses.fields(AudioRNNConfig)}
+    cfg = AudioRNNConfig(**{k: v for k, v in hp.items() if k in names})
+    cfg.num_classes = len(meta["classes"])
+    cfg.n_mels = int(meta["n_mels"])
+    return AudioRNN(cfg)
+
+
+_EXTRA_KEYS = ("sample_rate", "n_mels", "hop_length", "n_fft", "win_length", "max_samples", "log_offset", "mean", "std")
+
+
+def fit(job: FitJob) -> FitResult:
+    from unified_pipeline.training.classification import fit_classifier
+
+    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
+    bundle = _bundle(job, "audio")
+    meta = bundle.meta
+    torch.manual_seed(job.seed)
+    model = build(meta, job.hparams)
+    data = {s: _split(bundle, s, ("x", "lengths")) for s in ("train", "val", "test")}
+    extra = {k: meta[k] for k in _EXTRA_KEYS if k in meta}
+    extra["dataset"] = meta.get("dataset")
+    return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra)
+
+
+def load_clips(paths: Sequence[str | Path], extra: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio files -> (normalised log-mel [N,n_mels,T], valid frames [N]) with the data lane's recipe."""
+    from unified_pipeline.datasets import audio as lane
+
+    rate, n_mels = int(extra["sample_rate"]), int(extra["n_mels"])
+    max_samples = int(extra.get("max_samples") or 0) or None
+    settings = lane.mel_settings(rate, n_mels)
+    waves, lengths, resamplers = [], [], {}
+    for p in paths:
+        try:
+            wave = lane.load_clip(Path(p), rate, max_samples or 10**9, resamplers)
+        except Exception as exc:  # soundfile raises several types for unreadable files
+            raise DatasetError(f"{p}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        if wave.numel() == 0:
+            raise DatasetError(f"{p}: audio file holds no samples")
+        waves.append(wave)
+        lengths.append(lane.valid_frames(int(wave.shape[0]), settings["hop_length"]))
+    batch = torch.zeros(len(waves), max(w.shape[0] for w in waves))
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    feats = lane.log_mel(batch, settings)
+    n = torch.tensor(lengths, dtype=torch.long).clamp(max=feats.shape[-1])
+    mean = torch.tensor(extra["mean"], dtype=torch.float32).view(1, -1, 1)
+    std = torch.tensor(extra["std"], dtype=torch.float32).view(1, -1, 1)
+    valid = (torch.arange(feats.shape[-1])[None, :] < n[:, None]).unsqueeze(1)
+    return (feats - mean) / std * valid, n
+
+
+@torch.no_grad()
+def predict(model_dir: Path, inputs: Sequence[str | Path]) -> list[tuple[str, float]]:
+    """wav/flac/ogg paths -> (label, probability) per clip."""
+    model = BaseModel.load(model_dir)
+    x, lengths = load_clips(list(inputs), model.extra)
+    return probabilities_to_labels(model(x, lengths), model.extra["classes"])

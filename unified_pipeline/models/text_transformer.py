@@ -1,0 +1,178 @@
+"""text_service: character-level Transformer encoder classifier.
+
+Token + learned position embeddings, a depthwise-separable convolution over neighbouring
+characters (an n-gram detector that attention then combines), pre-norm encoder layers with a
+key padding mask, and mean pooling over non-pad tokens. fit() also scores a TF-IDF char
+n-gram logistic regression on the same split (models/baselines.py) so both are reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from unified_pipeline.errors import ConfigError, DatasetError
+from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.training.job import FitJob, FitResult
+
+PAD, UNK = 0, 1
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 12,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "weight_decay": 0.05,
+    "early_stopping_patience": 8,
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 2,
+    "ff_mult": 2,
+    "conv_kernel": 0,
+    "ngram_orders": [2, 3, 4],
+    "ngram_buckets": 32768,
+    "dropout": 0.1,
+    "wide": True,
+}
+
+
+@dataclass
+class TextTransformerConfig:
+    vocab_size: int = 64
+    max_len: int = 64
+    num_classes: int = 2
+    d_model: int = 96
+    n_heads: int = 4
+    n_layers: int = 2
+    ff_mult: int = 2
+    conv_kernel: int = 0  # >0 adds a depthwise convolution over neighbouring characters
+    ngram_orders: list[int] = field(default_factory=lambda: [2, 3, 4])  # hashed char n-grams, both directions
+    ngram_buckets: int = 32768  # 0 disables the hashed n-gram embeddings
+    dropout: float = 0.1
+    wide: bool = True  # also pool the input embeddings (bag of n-grams) beside the encoder output
+
+
+@register_architecture("text_transformer")
+class TextTransformer(BaseModel):
+    config_cls = TextTransformerConfig
+
+    def __init__(self, config: TextTransformerConfig):
+        super().__init__(config)
+        if config.d_model % config.n_heads:
+            raise ConfigError(f"text_service: d_model {config.d_model} must be divisible by n_heads {config.n_heads}")
+        d = config.d_model
+        self.tok = nn.Embedding(config.vocab_size, d, padding_idx=PAD)
+        self.pos = nn.Embedding(config.max_len, d)
+        self.ngrams = nn.Embedding(config.ngram_buckets, d) if config.ngram_buckets > 0 else None
+        k = config.conv_kernel
+        self.ngram = nn.Conv1d(d, d, k, padding=k // 2, groups=d) if k > 0 else None
+        layer = nn.TransformerEncoderLayer(d, config.n_heads, config.ff_mult * d, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(config.dropout)  # on the summed embeddings: n-gram features overfit first
+        self.embedding_dim = 2 * d if config.wide else d
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.embedding_dim, config.num_classes))
+
+    def _ngram_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Hash the n-grams ending (and starting) at each position into buckets: [N, L, 2 * orders].
+
+        Padding (id 0) outside the string acts as the word-boundary marker, like char_wb n-grams.
+        Hashing token ids keeps it vocabulary-agnostic and adds no preprocessing step.
+        """
+        ids = []
+        for direction in (1, -1):
+            for n in self.config.ngram_orders:
+                # Read each n-gram in text order whichever end it is anchored at, so both anchors share a bucket.
+                offsets = range(n - 1, -1, -1) if direction > 0 else range(n)
+                h = torch.full_like(x, n)
+                for j in offsets:
+                    shifted = torch.roll(x, shifts=direction * j, dims=1)
+                    if j:
+                        edge = slice(0, j) if direction > 0 else slice(x.shape[1] - j, None)
+                        shifted[:, edge] = 0
+                    h = (h * 1000003 + shifted + 1) % 2_147_483_647
+                ids.append(h % self.config.ngram_buckets)
+        return torch.stack(ids, dim=-1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids [N,L] (0 = pad) -> embedding [N, d_model]."""
+        x = x[:, : self.config.max_len]
+        # Drop columns that are padding in every row: short strings cost short sequences.
+        width = int((x != PAD).any(0).nonzero().max()) + 1 if bool((x != PAD).any()) else 1
+        x = x[:, :width]
+        pad = x == PAD
+        pad[:, 0] &= ~pad.all(1)  # an all-pad row keeps one attendable slot instead of NaNs
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        if self.ngrams is not None:
+            h = h + self.ngrams(self._ngram_ids(x)).mean(dim=2)
+        if self.ngram is not None:
+            h = h + self.ngram(h.masked_fill(pad.unsqueeze(-1), 0.0).transpose(1, 2)).transpose(1, 2)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        count = keep.sum(1).clamp(min=1.0)
+        deep = self.norm(self.encoder(self.drop(h), src_key_padding_mask=pad))
+        pooled = (deep * keep).sum(1) / count
+        if self.config.wide:
+            # Skip path: the averaged n-gram embeddings are a linear bag-of-n-grams signal the head can use directly.
+            pooled = torch.cat([pooled, (h * keep).sum(1) / count], dim=1)
+        return pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x))
+
+
+def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int) -> TextTransformer:
+    names = {f.name for f in dataclasses.fields(TextTransformerConfig)}
+    cfg = TextTransformerConfig(**{k: v for k, v in hp.items() if k in names})
+    cfg.vocab_size = len(meta["vocab"])
+    cfg.num_classes = len(meta["classes"])
+    cfg.max_len = max_len
+    return TextTransformer(cfg)
+
+
+def fit(job: FitJob) -> FitResult:
+    from unified_pipeline.models.baselines import TEXT_BASELINE_NAME, char_ngram_baseline
+    from unified_pipeline.training.classification import fit_classifier
+
+    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
+    bundle = _bundle(job, "text")
+    meta = bundle.meta
+    data = {s: _split(bundle, s, ("x",)) for s in ("train", "val", "test")}
+    texts = bundle.sidecars.get("texts")
+    baseline = None
+    if texts is not None:
+        missing = [s for s in data if s not in texts]
+        if missing:
+            raise DatasetError(f"dataset {meta.get('dataset')!r}: texts.json lacks split(s) {missing}")
+        baseline = char_ngram_baseline(texts, {s: data[s][1].tolist() for s in data}, seed=job.seed)
+        job.log.info("text baseline (%s): test accuracy %.4f", TEXT_BASELINE_NAME, baseline["accuracy"])
+    torch.manual_seed(job.seed)
+    max_len = int(meta.get("max_len") or data["train"][0][0].shape[1])
+    model = build(meta, job.hparams, max_len)
+    extra = {"dataset": meta.get("dataset"), "vocab": list(meta["vocab"]), "max_len": max_len,
+             "tokenizer": meta.get("tokenizer", "char")}
+    return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra,
+                          baseline=baseline, baseline_name=TEXT_BASELINE_NAME if baseline else None)
+
+
+def encode_texts(texts: Sequence[str], extra: dict[str, Any]) -> torch.Tensor:
+    """Strings -> token ids [N, max_len] with the data lane's tokenizer and the saved vocabulary."""
+    from unified_pipeline.datasets.text import encode_chars
+
+    if extra.get("tokenizer", "char") != "char":
+        raise ConfigError(f"text_service: unsupported tokenizer {extra.get('tokenizer')!r}")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DatasetError(f"text_service: input {row} is {type(text).__name__}, expected a string")
+    return torch.from_numpy(encode_chars(list(texts), list(extra["vocab"]), int(extra["max_len"])))
+
+
+@torch.no_grad()
+def predict(model_dir: Path, inputs: Sequence[str]) -> list[tuple[str, float]]:
+    """Strings -> (label, probability) per string."""
+    model = BaseModel.load(model_dir)
+    return probabilities_to_labels(model(encode_texts(list(inputs), model.extra)), model.extra["classes"])
