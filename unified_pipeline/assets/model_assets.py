@@ -42,6 +42,21 @@ class TrainConfig(Config):
     preset_path: str = ""
 
 
+def quality_verdict(entry: ModelEntry, metrics: dict, threshold: float) -> tuple[bool, dict]:
+    """The test metric reaches the threshold and, where the run trained a baseline on the same
+    split (text n-gram model, from-scratch twin, student without teacher), beats it."""
+    value = metrics.get("test", {}).get(entry.metric)
+    baseline = metrics.get("baseline", {}).get(entry.metric)
+    better = (lambda a, b: a >= b) if entry.higher_is_better else (lambda a, b: a <= b)
+    ok = isinstance(value, (int, float)) and value == value and better(value, threshold)
+    meta: dict = {"metric": entry.metric, "value": float(value) if isinstance(value, (int, float)) else float("nan"),
+                  "threshold": float(threshold)}
+    if isinstance(baseline, (int, float)):
+        meta["baseline"] = float(baseline)
+        ok = ok and isinstance(value, (int, float)) and value != baseline and better(value, baseline)
+    return bool(ok), meta
+
+
 def model_key(name: str) -> AssetKey:
     return AssetKey([name])
 
@@ -126,15 +141,14 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
                 if Path(png).exists():
                     metadata[f"plot_{title}"] = image_metadata(title, Path(png))
         yield Output(outcome.to_json(), metadata=metadata)
-        value = test.get(entry.metric)
         threshold = config.threshold if config.threshold is not None else entry.threshold
-        passed = value is not None and (value >= threshold if entry.higher_is_better else value <= threshold)
+        passed, check_meta = quality_verdict(entry, outcome.metrics, threshold)
         yield AssetCheckResult(
             check_name=THRESHOLD_CHECK,
             asset_key=model_key(entry.name),
-            passed=bool(passed),
+            passed=passed,
             severity=AssetCheckSeverity.WARN,
-            metadata={"metric": entry.metric, "value": float(value) if value is not None else -1.0, "threshold": threshold},
+            metadata=check_meta,
         )
 
     return _model

@@ -304,6 +304,10 @@ def fit(job: FitJob) -> FitResult:
     shds = [metrics[f"{n}/shd"] for n in graphs if f"{n}/shd" in metrics]
     metrics["shd"] = max(shds) if shds else float("nan")
     metrics["shd_mean"] = float(np.mean(shds)) if shds else float("nan")
+    for method in ("linear", "mlp"):
+        by_method = [metrics[f"{n}/shd"] for n, g in graphs.items() if g["method"] == method and f"{n}/shd" in metrics]
+        if by_method:
+            metrics[f"shd_{method}"] = max(by_method)  # worst dataset fitted with this variant
     model.save(job.out_dir, extra={"datasets": sorted(graphs)})
     plots = notes.pop("_plots")
     all_metrics = {"test": metrics, "baseline": {k: v for k, v in metrics.items() if k.endswith("baseline_mse")}}
