@@ -17,5 +17,5 @@ python3 -m unified_pipeline.cli sample-data
 t0=$(date +%s); python3 -m dagster job execute -m unified_pipeline.definitions -j data_lane > /tmp/data_lane.log 2>&1 \
   || { tail -50 /tmp/data_lane.log; exit 1; }
 echo "data_lane: $(( $(date +%s) - t0 ))s"
-python3 -m bench.run --only "$sections"
+if [ "${sections#parallel_}" != "$sections" ]; then python3 -m bench.parallel collaborative_training "${sections#parallel_}"; else python3 -m bench.run --only "$sections"; fi
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/results"; cp docs/benchmarks.md "$OUT/"; cp bench/results/*.json "$OUT/results/" 2>/dev/null || true; fi
