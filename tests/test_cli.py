@@ -66,3 +66,135 @@ def test_errors_are_one_line(home, argv, capsys):
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "Traceback" not in err
+
+
+def _subcommands() -> list[str]:
+    from unified_pipeline.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return sorted(sub.choices)
+
+
+def test_every_documented_command_exists():
+    wanted = {"train", "status", "monitor", "results", "data", "presets", "collaborative", "visualize",
+              "pause", "resume", "stop", "sample-data", "predict", "models"}
+    assert wanted <= set(_subcommands())
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: unified-pipeline {command}") and "-h, --help" in out
+
+
+def _failed_ui_run(home, monkeypatch, tmp_path, run_id="5eed0001-aaaa"):
+    from dagster import AssetKey
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from unified_pipeline.error_report import write_error_report
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    run = DagsterRun(job_name="__ASSET_JOB", run_id=run_id, run_config={"ops": {"text_service": {"config": {"epochs": 2}}}},
+                     asset_selection=frozenset({AssetKey(["text_service"])}))
+    write_error_report("text_service", run_id, run.job_name, RuntimeError("killed"), run=run)
+    return home / "reports" / f"{run_id}-run-config.yaml"
+
+
+def test_train_resume_dry_run_prints_the_failed_runs_command(home, monkeypatch, tmp_path, capsys):
+    config = _failed_ui_run(home, monkeypatch, tmp_path)
+    assert main(["train", "--resume", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming run 5eed0001-aaaa (__ASSET_JOB)" in out
+    assert f"$ dagster asset materialize -m unified_pipeline.definitions --select text_service -c {config}" in out
+
+
+def test_train_resume_launches_dagster_with_the_same_selection_and_config(home, monkeypatch, tmp_path):
+    from unified_pipeline import cli
+
+    config = _failed_ui_run(home, monkeypatch, tmp_path)
+    _failed_ui_run(home, monkeypatch, tmp_path, run_id="older-run")  # not the one asked for
+    launched = []
+    monkeypatch.setattr(cli, "_launch", lambda args: launched.append(args) or 7)
+    assert main(["train", "--resume", "5eed0001"]) == 7  # dagster's exit status is passed through
+    assert launched == [["asset", "materialize", "-m", "unified_pipeline.definitions", "--select", "text_service",
+                         "-c", str(config)]]
+    assert main(["train", "--preset", "vision_focus", "--resume"]) == 2
+
+
+def test_train_resume_without_failures_is_one_line(home, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert main(["train", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no failed run recorded") and len(err.splitlines()) == 1
+
+
+def test_os_error_names_the_path(home, capsys):
+    assert main(["visualize", "--out", "/dev/null/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: /dev/null/x: Not a directory (hint: a part of the path is a file, not a folder)"
+
+
+def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(home, monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("state file\nis corrupt")
+
+    monkeypatch.setattr("unified_pipeline.progress.read_all", broken)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: RuntimeError: state file is corrupt "
+                   "(hint: rerun as `unified-pipeline --debug status ...` to see the traceback)")
+    for argv in (["--debug", "status"], ["status", "--debug"]):
+        with pytest.raises(RuntimeError, match="corrupt"):
+            main(argv)
+
+
+def test_results_refuses_run_names_that_leave_the_results_folder(home, tmp_path, capsys):
+    (home / "results").mkdir(parents=True)
+    (home / "results" / "abc123-run.json").write_text('{"run_id": "abc123-run"}')
+    (home / "secret.json").write_text('{"secret": 1}')
+    for bad in ["../secret", "/etc/passwd", "..", "a/b"]:
+        assert main(["results", "--run", bad, "--json"]) == 2
+        captured = capsys.readouterr()
+        assert "secret" not in captured.out and captured.err.startswith("error: invalid run id")
+    assert main(["results", "--run", "abc1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "abc123-run"
+
+
+def test_data_shows_the_last_quality_verdict(home, tmp_path, monkeypatch, capsys):
+    from dagster import AssetCheckEvaluation, AssetKey, DagsterInstance
+
+    raw = tmp_path / "raw"
+    tiny_data.text(raw)
+    tiny_data.vision(raw)
+    tiny_data.causal(raw)
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    assert main(["data", "--json"]) == 0
+    assert {d["validation"]["status"] for d in json.loads(capsys.readouterr().out)["datasets"]} == {"not run"}
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        for dataset, passed in (("tiny_text", False), ("tiny_text", True), ("tiny_images", False)):
+            instance.report_runless_asset_event(AssetCheckEvaluation(
+                asset_key=AssetKey([dataset, "manifest"]), check_name="great_expectations", passed=passed))
+    assert main(["data", "--json"]) == 0
+    status = {d["dataset"]: d["validation"]["status"] for d in json.loads(capsys.readouterr().out)["datasets"]}
+    assert status == {"tiny_text": "passed", "tiny_images": "failed", "tiny_causal": "not run"}
+    assert main(["data"]) == 0
+    table = capsys.readouterr().out
+    assert "validation: failed" in table and "validation: not run" in table
+
+
+def test_data_says_unknown_when_the_instance_cannot_be_read(home, tmp_path, monkeypatch, capsys):
+    tiny_data.text(tmp_path / "raw")
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("run_storage:\n  module: no_such_module\n  class: Nope\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    assert main(["data"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("tiny_text") and "validation: unknown (" in line

@@ -61,14 +61,18 @@ def test_environment_simulator_beats_copy_and_simulates(tmp_path):
     assert test["mse_ratio_vs_copy"] == test["spring/mse_ratio_vs_copy"]
     assert 0.0 <= test["spring/calibration_90"] <= 1.0
     assert test["spring/rollout_windows_h10"] > 0 and "spring/rollout_mse_h10" in test
+    assert test["rollout_mse_h10"] == test["spring/rollout_mse_h10"] < result.metrics["baseline"]["rollout_mse_h10"]
+    assert 0.0 <= test["reward_calibration_90"] <= 1.0
     assert (tmp_path / "out" / "metrics.json").exists() and result.plots
 
     model = BaseModel.load(tmp_path / "out")
-    states, rewards, unc = E.simulate(model, bundle.tensors["test/state"][:4], torch.zeros(4, 7, 1))
+    rollout = E.simulate(model, bundle.tensors["test/state"][:4], torch.zeros(4, 7, 1))
+    states, rewards, unc = rollout
     assert states.shape == (4, 7, 2) and rewards.shape == (4, 7) and unc.shape == (4, 7, 2)
-    assert (unc > 0).all()
-    s1, r1, u1 = E.simulate(model, bundle.tensors["test/state"][0], torch.zeros(7, 1), dataset="spring")
+    assert (unc > 0).all() and rollout.reward_std.shape == (4, 7) and (rollout.reward_std > 0).all()
+    s1, r1, u1 = one = E.simulate(model, bundle.tensors["test/state"][0], torch.zeros(7, 1), dataset="spring")
     assert s1.shape == (7, 2) and torch.allclose(s1, states[0], atol=1e-5)
+    assert one.reward_std.shape == (7,) and torch.allclose(one.reward_std, rollout.reward_std[0], atol=1e-5)
     with pytest.raises(ConfigError, match="state_dim"):
         E.simulate(model, torch.zeros(3), torch.zeros(7, 1))
 
@@ -107,6 +111,8 @@ def test_notears_recovers_chain_and_do_calculus(tmp_path):
     result = C.fit(_job("causal_reasoning_engine", {"chain": bundle}, {}, tmp_path))
     test = result.metrics["test"]
     assert test["chain/shd"] == 0 and test["shd"] == 0 and test["chain/tpr"] == 1.0
+    assert test["tpr_linear"] == 1.0 and test["fdr_linear"] == 0.0 and "shd_mlp" not in test
+    assert result.metrics["baseline"]["shd_linear"] == result.metrics["baseline"]["chain/shd_empty_graph"] == 3
     model = BaseModel.load(tmp_path / "out")
     assert set(model.extra["datasets"]) == {"chain"}
     effect = C.intervene(model, "chain", {"x1": 7.0}, n=2000)
@@ -123,6 +129,39 @@ def test_notears_recovers_chain_and_do_calculus(tmp_path):
         C.intervene(model, "chain", {"zz": 1.0})
     with pytest.raises(ConfigError, match="no dataset 'other'"):
         C.intervene(model, "other", {"x0": 1.0})
+
+
+def _nonlinear_chain_bundle(n=200, seed=0) -> TensorBundle:
+    """x0 -> x1 -> x2 through saturating and wiggly functions a linear model would misjudge."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.normal(size=n)
+    x1 = 2.0 * np.tanh(2.0 * x0) + 0.3 * rng.normal(size=n)
+    x2 = 1.5 * x1 + 1.5 * np.sin(x1) + 0.3 * rng.normal(size=n)
+    x = np.stack([x0, x1, x2], 1)
+    adj = np.zeros((3, 3), dtype=np.float32)
+    adj[0, 1] = adj[1, 2] = 1.0
+    parts = np.array_split(x, 3)
+    tensors = {f"{s}/x": torch.tensor(p, dtype=torch.float32) for s, p in zip(("train", "val", "test"), parts)}
+    tensors["adjacency"] = torch.tensor(adj)
+    meta = {"columns": ["x0", "x1", "x2"], "has_ground_truth": True, "sem": {"sem": "mlp-sigmoid"}}
+    return TensorBundle(tensors, meta)
+
+
+def test_notears_mlp_finds_nonlinear_chain(tmp_path):
+    # Few, short inner solves: enough for the two strong edges, not for a polished fit.
+    hp = {"hidden": 5, "max_outer": 5, "inner_maxiter_mlp": 30, "h_tol": 1e-5}
+    result = C.fit(_job("causal_reasoning_engine", {"nl": _nonlinear_chain_bundle()}, hp, tmp_path))
+    test, base = result.metrics["test"], result.metrics["baseline"]
+    assert result.notes["nl/method"] == "mlp"
+    assert test["tpr_mlp"] == 1.0 and test["shd_mlp"] < base["shd_mlp"] == 2  # both edges, right way round
+    model = BaseModel.load(tmp_path / "out")
+    adj = model.graphs["nl"].adjacency.numpy()
+    assert topological_order(adj) is not None and adj[0, 1] == adj[1, 2] == 1 and adj[1, 0] == adj[2, 1] == 0
+    high, low = C.intervene(model, "nl", {"x0": 1.5}), C.intervene(model, "nl", {"x0": -1.5})
+    assert high["x1"] - low["x1"] == pytest.approx(4 * np.tanh(3.0), abs=1.0)  # through the learned MLP
+    up = C.intervene(model, "nl", {"x2": 5.0})
+    assert up["x0"] == pytest.approx(float(np.mean(_nonlinear_chain_bundle().tensors["train/x"][:, 0].numpy())),
+                                     abs=0.3)  # an effect does not move its cause
 
 
 def test_threshold_guarantees_acyclic():
@@ -192,6 +231,9 @@ def test_alpha_retrieves_and_predicts_feedback(tmp_path):
     assert test["recall_at_1"] > 10 * test["chance_recall_at_1"]
     assert test["feedback_mse"] < test["feedback_baseline_mse"]
     assert test["bytes_per_code"] == 32 and test["json_zlib_bytes"] > test["bytes_per_code"]
+    base = result.metrics["baseline"]
+    assert base["recall_at_1"] == test["chance_recall_at_1"] and base["feedback_mse"] == test["feedback_baseline_mse"]
+    assert base["bytes_per_code"] == test["json_zlib_bytes"]
 
     model = BaseModel.load(tmp_path / "out")
     records = bundle.split("test")

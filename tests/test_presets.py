@@ -99,3 +99,28 @@ def test_unknown_scenario_lists_valid(tmp_path):
     preset = load_preset(write(tmp_path, ORIGINAL))
     with pytest.raises(ConfigError, match="quick_start"):
         preset.scenario("slow_start")
+
+
+def test_registry_settings_resolve_into_hparams(tmp_path):
+    preset = load_preset(write(tmp_path, ORIGINAL))
+    hp = preset.hparams("collaborative_training", "audio_service")
+    assert (hp["promotion_rule"], hp["keep_versions"]) == ("better_or_equal", None)
+    custom = json.loads(json.dumps(ORIGINAL))
+    custom["training_configuration"].update(promotion_rule="strictly_better", keep_versions=4)
+    custom["model_specific_presets"]["vision_service"]["promotion_rule"] = "always"
+    preset = load_preset(write(tmp_path, custom))
+    assert preset.hparams("collaborative_training", "audio_service")["promotion_rule"] == "strictly_better"
+    hp = preset.hparams("collaborative_training", "vision_service")
+    assert (hp["promotion_rule"], hp["keep_versions"]) == ("always", 4)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"promotion_rule": "sometimes"},
+     r"training_configuration\.promotion_rule: .*'sometimes'.*valid: \['always', 'never', 'better_or_equal'"),
+    ({"keep_versions": 0}, r"training_configuration\.keep_versions: .*greater than or equal to 1"),
+])
+def test_bad_registry_settings_name_the_field(tmp_path, change, message):
+    bad = json.loads(json.dumps(ORIGINAL))
+    bad["training_configuration"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        load_preset(write(tmp_path, bad))

@@ -342,3 +342,25 @@ def test_main_cli_prints_one_line_errors(reg, tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)[0]["name"] == f"{M}/v1"
     assert main(["models", "rollback", M]) == 2
     assert "nothing earlier to roll back to" in capsys.readouterr().err
+
+
+def test_cli_tag_sets_and_removes_a_tag(reg, tmp_path, capsys):
+    root = reg.root
+    add(reg, tmp_path, "a", tag="experimental")
+    add(reg, tmp_path, "b")
+    out = json.loads(run(capsys, root, "tag", M, "v1", "stable", "--reason", "passed review", "--json")[1])
+    assert (out["name"], out["tag"]) == (f"{M}/v1", "stable")
+    assert run(capsys, root, "tag", M, "latest", "backup")[1].strip() == f"{M}/v2: tagged backup"
+    assert [v.tag for v in reg.list(M)] == ["stable", "backup"]
+    assert run(capsys, root, "tag", M, "v1", "--remove")[1].strip() == f"{M}/v1: tag removed"
+    assert reg.get(M, "v1").tag is None
+    tags = [(e["version"], e["from"], e["to"]) for e in reg.events(M) if e["event"] == "tag"]
+    assert tags == [(f"{M}/v1", "experimental", "stable"), (f"{M}/v2", None, "backup"), (f"{M}/v1", "stable", None)]
+    with pytest.raises(ConfigError, match="either a TAG or --remove"):
+        run(capsys, root, "tag", M, "v1")
+    with pytest.raises(ConfigError, match="either a TAG or --remove"):
+        run(capsys, root, "tag", M, "v1", "x", "--remove")
+    with pytest.raises(ConfigError, match="up to 32 letters"):
+        run(capsys, root, "tag", M, "v1", "no spaces")
+    with pytest.raises(RegistryError, match="v9 does not exist"):
+        run(capsys, root, "tag", M, "v9", "stable")

@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-from unified_pipeline.errors import PipelineError
+from unified_pipeline.errors import ConfigError, PipelineError
+from unified_pipeline.step_progress import BAR_ENV
+
+LATEST = "latest"  # `train --resume` without a run id
 
 
 def _cmd_sample_data(args) -> int:
@@ -17,7 +21,8 @@ def _cmd_sample_data(args) -> int:
 
     root = Path(args.root) if args.root else None
     print(f"writing sample data (seed {args.seed})")
-    written = write_sample_data(root, seed=args.seed, kinds=args.kind or None, force=args.force)
+    written = write_sample_data(root, seed=args.seed, kinds=args.kind or None, force=args.force,
+                                bar=False if args.no_progress else None)
     print(f"{len(written)} dataset(s) written")
     return 0
 
@@ -25,12 +30,16 @@ def _cmd_sample_data(args) -> int:
 def _cmd_data(args) -> int:
     from unified_pipeline.datasets import discover, undetected
     from unified_pipeline.hashing import list_files
+    from unified_pipeline.quality_status import latest_verdicts
 
+    refs = discover()
+    verdicts = latest_verdicts([ref.name for ref in refs])
     rows = []
-    for ref in discover():
+    for ref in refs:
         files = list_files(ref.root)
         rows.append({"dataset": ref.name, "kind": ref.kind, "files": len(files),
-                     "bytes": sum(f.stat().st_size for f in files), "path": str(ref.root)})
+                     "bytes": sum(f.stat().st_size for f in files), "path": str(ref.root),
+                     "validation": verdicts[ref.name]})
     bad = undetected()
     if args.json:
         print(json.dumps({"datasets": rows, "not_recognised": bad}, indent=2))
@@ -38,10 +47,16 @@ def _cmd_data(args) -> int:
     if not rows:
         print("no datasets; run `unified-pipeline sample-data` or see data/README.md")
     for r in rows:
-        print(f"{r['dataset']:<24} {r['kind']:<12} {r['files']:>7} files {r['bytes'] / 1e6:>9.2f} MB")
+        print(f"{r['dataset']:<24} {r['kind']:<12} {r['files']:>7} files {r['bytes'] / 1e6:>9.2f} MB"
+              f"  validation: {_verdict_text(r['validation'])}")
     for name, why in bad.items():
         print(f"{name:<24} not recognised: {why}")
     return 0
+
+
+def _verdict_text(v: dict) -> str:
+    details = [v[k] for k in ("when", "reason") if v.get(k)] + ([f"run {v['run_id'][:8]}"] if v.get("run_id") else [])
+    return v["status"] + (f" ({', '.join(details)})" if details else "")
 
 
 def _cmd_presets(args) -> int:
@@ -68,23 +83,32 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_job(args) -> int:
-    job = args.job or "collaborative_training"
-    cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "unified_pipeline.definitions", "-j", job]
-    if args.config:
-        cmd += ["-c", args.config]
-    print("$ " + " ".join(cmd[2:]), flush=True)
-    return subprocess.call(cmd, env={**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", _dagster_home())})
+    from unified_pipeline.resume import DEFS_MODULE, failed_run
+
+    resume = getattr(args, "resume", None)
+    if resume is not None:
+        if args.job or args.config:
+            raise ConfigError("--resume reruns the failed run's own job and run config",
+                              hint="leave out --preset and -c, or run without --resume")
+        spec = failed_run(None if resume == LATEST else resume)
+        print(f"resuming run {spec.run_id} ({spec.job}); model steps continue from their newest checkpoints")
+        dagster_args = spec.dagster_args()
+    else:
+        dagster_args = ["job", "execute", "-m", DEFS_MODULE, "-j", args.job or "collaborative_training"]
+        if args.config:
+            dagster_args += ["-c", args.config]
+    print("$ dagster " + shlex.join(dagster_args), flush=True)
+    if args.dry_run:
+        return 0
+    return _launch(dagster_args)
 
 
-def _dagster_home() -> str:
-    from unified_pipeline.paths import project_root
+def _launch(dagster_args: list[str]) -> int:
+    """Run the `dagster` CLI of this interpreter against the project's instance."""
+    from unified_pipeline.dagster_home import dagster_home
 
-    home = project_root() / ".dagster_home"
-    home.mkdir(exist_ok=True)
-    template = project_root() / "dagster.yaml"
-    if template.exists() and not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(template.read_text())
-    return str(home)
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home())}
+    return subprocess.call([sys.executable, "-m", "dagster", *dagster_args], env=env)
 
 
 def _cmd_predict(args) -> int:
@@ -98,6 +122,7 @@ def _cmd_predict(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unified-pipeline", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample-data", help="write the built-in sample datasets into data/raw")
@@ -105,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--kind", action="append", help="only this kind (repeatable)")
     s.add_argument("--force", action="store_true", help="replace existing sample folders")
+    s.add_argument("--no-progress", action="store_true", help=f"no progress bar (or set {BAR_ENV}=0)")
     s.set_defaults(func=_cmd_sample_data)
 
-    s = sub.add_parser("data", help="list datasets with kind, size, and folders that are not recognised")
+    s = sub.add_parser("data", help="list datasets: kind, size, last Great Expectations verdict; "
+                                    "and folders that are not recognised")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_data)
 
@@ -122,11 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--preset", dest="job", default="collaborative_training" if name == "collaborative" else None,
                        help="scenario / job name (default collaborative_training)")
         s.add_argument("-c", "--config", help="Dagster run config YAML file with overrides")
+        if name == "train":
+            s.add_argument("--resume", nargs="?", const=LATEST, metavar="RUN_ID",
+                           help="rerun the newest failed run (or RUN_ID) with its job and run config; "
+                                "model steps continue from their newest checkpoints")
+        s.add_argument("--dry-run", action="store_true", help="print the dagster command instead of running it")
         s.set_defaults(func=_cmd_job)
 
-    s = sub.add_parser("predict", help="label images, audio files or text lines with a trained model")
+    s = sub.add_parser("predict", help="run a trained model: label images, audio files or text; "
+                                           "answer concept-model queries (JSON, causal do() queries)")
     s.add_argument("model")
-    s.add_argument("inputs", nargs="+", help="files, or text (for text models; '-' reads lines from stdin)")
+    s.add_argument("inputs", nargs="+", help="files, text, JSON or causal queries ('-' reads lines from stdin)")
     s.add_argument("--version", help="vN, latest or production (default)")
     s.add_argument("--top", type=int, default=1)
     s.set_defaults(func=_cmd_predict)
@@ -140,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_models_parser(sub)
     except ImportError:  # registry not installed in a stripped build
         pass
+    for command in sub.choices.values():  # also accepted after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -148,16 +183,44 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except PipelineError as exc:
-        hint = f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(error_line(exc, args.command), file=sys.stderr)
+        return 2 if isinstance(exc, (PipelineError, OSError)) else 1
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def error_line(exc: BaseException, command: str) -> str:
+    """The one line a failed command prints instead of a traceback."""
+    if isinstance(exc, PipelineError):
+        hint = exc.hint
+        text = _one_line(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        text = f"{paths}: {exc.strerror}" if paths else exc.strerror
+        hint = OS_HINTS.get(type(exc), "check the path, its permissions and the free disk space")
+    elif isinstance(exc, OSError):  # raised with a message of our own (e.g. a missing model folder)
+        text, hint = _one_line(exc), None
+    else:
+        text = f"{type(exc).__name__}: {_one_line(exc)}"
+        hint = f"rerun as `unified-pipeline --debug {command} ...` to see the traceback"
+    return f"error: {text}" + (f" (hint: {hint})" if hint else "")
+
+
+OS_HINTS = {
+    FileNotFoundError: "check that the path exists",
+    NotADirectoryError: "a part of the path is a file, not a folder",
+    IsADirectoryError: "give a file, not a folder",
+    PermissionError: "check the permissions of the path, or choose another location",
+    FileExistsError: "remove it or choose another location",
+}
 
 
 if __name__ == "__main__":

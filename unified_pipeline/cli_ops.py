@@ -97,14 +97,30 @@ def cmd_control(args) -> int:
     return 0
 
 
+def _chosen_result(results: list[Path], run: str | None) -> Path:
+    """The newest result, or the one whose run id is (or starts with) `run`; never a file elsewhere."""
+    from unified_pipeline.paths import inside
+
+    if not run:
+        return results[-1]
+    matches = [p for p in results if p.stem == run] or [p for p in results if p.stem.startswith(run)]
+    if len(matches) > 1:
+        raise ConfigError(f"run id {run!r} is ambiguous: {[p.stem for p in matches]}", hint="give more characters")
+    if not matches:
+        raise ConfigError(f"no results for run {run!r}; known: {[p.stem for p in results[-10:]]}")
+    return inside(unified_home() / "results", matches[0].name)
+
+
 def cmd_results(args) -> int:
+    from unified_pipeline.resume import check_run_id
+
+    if args.run:
+        check_run_id(args.run)
     results = sorted((unified_home() / "results").glob("*.json"), key=lambda p: p.stat().st_mtime)
     if not results:
         print("no results yet; run `make run` or `unified-pipeline collaborative`")
         return 0
-    chosen = results[-1] if not args.run else unified_home() / "results" / f"{args.run}.json"
-    if not chosen.exists():
-        raise ConfigError(f"no results for run {args.run!r}; known: {[p.stem for p in results[-10:]]}")
+    chosen = _chosen_result(results, args.run)
     if args.json:
         print(chosen.read_text())
         return 0
@@ -166,7 +182,7 @@ def add_parsers(sub) -> None:
         s.set_defaults(func=cmd_control, action=action, lr=None, pause=False, resume=False, stop=False)
 
     s = sub.add_parser("results", help="summary of the latest collaborative run (or --run ID)")
-    s.add_argument("--run")
+    s.add_argument("--run", help="run id, or its first characters (default: the newest run)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_results)
 

@@ -16,14 +16,13 @@ from dagster import (
 )
 
 from unified_pipeline import devices
-from unified_pipeline.assets.data_assets import lane_assets
-from unified_pipeline.assets.graph import trainable_models
+from unified_pipeline.assets.data_assets import tensors_key
+from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
 from unified_pipeline.assets.rollback_job import rollback_model
 from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, model_key
 from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
 from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
-from unified_pipeline.datasets import discover
 from unified_pipeline.k8s import k8s_executor, use_k8s
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.presets import ALL_DATASETS, load_preset
@@ -61,20 +60,21 @@ def _executor():
 
 def build_definitions() -> Definitions:
     preset = load_preset()
-    refs = discover()
-    data_assets = []
-    for ref in refs:
-        data_assets += lane_assets(ref, preset.preprocess(ref.kind))
+    refs, data_assets = data_lanes(preset.preprocess)
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
     models = trainable_models(refs, prefs)
-    model_assets = [model_asset(MODELS[m], ds) for m, ds in models.items()]
+    advised = {a: [m for m in models if a in MODELS[m].advisors] for a in models}
+    model_assets = [
+        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m])
+        for m, ds in models.items()
+    ]
     if models:
         model_assets.append(summary_asset(list(models)))
 
     jobs = [
         define_asset_job(
             DATA_JOB,
-            selection=AssetSelection.groups(*sorted({r.kind for r in refs})) if refs else AssetSelection.assets(),
+            selection=data_selection(refs),
             description="Observe, validate and preprocess every dataset.",
         )
     ]
@@ -83,15 +83,14 @@ def build_definitions() -> Definitions:
         if not names:
             continue
         wanted_ds = preset.scenario(scenario).datasets
-        selection = AssetSelection.assets(*[model_key(m) for m in names])
         if ALL_DATASETS not in wanted_ds:
             # Restrict to the scenario's datasets: models reading others are left out of the job.
             names = [m for m in names if set(models[m]) <= set(wanted_ds)]
-            selection = AssetSelection.assets(*[model_key(m) for m in names])
+        selection = _with_requirements(names, models)
         jobs.append(
             define_asset_job(
                 scenario,
-                selection=selection.upstream() | (AssetSelection.assets(SUMMARY_KEY) if scenario == MAIN_JOB else AssetSelection.assets()),
+                selection=selection | (AssetSelection.assets(SUMMARY_KEY) if scenario == MAIN_JOB else AssetSelection.assets()),
                 tags={SCENARIO_TAG: scenario},
                 description=preset.scenario(scenario).description,
             )
@@ -112,6 +111,21 @@ def build_definitions() -> Definitions:
         executor=_executor(),
         resources={"io_manager": JsonIOManager(base_dir=os.environ.get("UNIFIED_ASSET_STORE", ""))},
     )
+
+
+def _with_requirements(names: list[str], models: dict[str, list[str]]) -> AssetSelection:
+    """The models, the upstream models they need, and those models' data lanes. Advisors (an
+    ordering edge only) join a job only when the scenario targets them."""
+    needed: list[str] = []
+    todo = list(names)
+    while todo:
+        m = todo.pop()
+        if m not in needed:
+            needed.append(m)
+            todo += [u for u in MODELS[m].upstream_models if u in models]
+    lanes = {ds for m in needed for ds in models[m]}
+    return (AssetSelection.assets(*[model_key(m) for m in needed])
+            | AssetSelection.assets(*[tensors_key(ds) for ds in sorted(lanes)]).upstream())
 
 
 def _readers_by_dataset(models: dict[str, list[str]]) -> dict[str, list[str]]:

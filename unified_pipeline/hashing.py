@@ -11,7 +11,9 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+from unified_pipeline.step_progress import StepProgress
 
 _CHUNK = 1 << 20
 _lock = threading.Lock()
@@ -58,7 +60,8 @@ class HashCache:
             self._conn = conn
         return self._conn
 
-    def hash_files(self, paths: list[Path]) -> dict[Path, str]:
+    def hash_files(self, paths: list[Path], log: Any = None, desc: str = "hashing") -> dict[Path, str]:
+        """sha256 per path; `log` (Dagster context.log, a logger or a callable) gets progress lines."""
         db = self._db()
         out: dict[Path, str] = {}
         known: dict[str, tuple[int, int, str]] = {}
@@ -67,16 +70,17 @@ class HashCache:
                 rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM files").fetchall()
             known = {r[0]: (r[1], r[2], r[3]) for r in rows}
         fresh: list[tuple[str, int, int, str]] = []
-        for p in paths:
-            st = os.stat(p)
-            key = str(p)
-            hit = known.get(key)
-            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-                out[p] = hit[2]
-                continue
-            digest = sha256_file(p)
-            out[p] = digest
-            fresh.append((key, st.st_size, st.st_mtime_ns, digest))
+        with StepProgress(len(paths), desc, log=log, unit="file") as progress:
+            for p in paths:
+                st = os.stat(p)
+                key = str(p)
+                hit = known.get(key)
+                if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+                    out[p] = hit[2]
+                else:
+                    out[p] = digest = sha256_file(p)
+                    fresh.append((key, st.st_size, st.st_mtime_ns, digest))
+                progress.update()
         if db is not None and fresh:
             with _lock:
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
@@ -103,11 +107,14 @@ def list_files(root: Path) -> list[Path]:
     return files
 
 
-def dataset_version(root: str | Path, cache: HashCache | None = None) -> tuple[str, dict[str, str]]:
-    """Content version of a dataset folder and the sha256 of each file by relative path."""
+def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any = None) -> tuple[str, dict[str, str]]:
+    """Content version of a dataset folder and the sha256 of each file by relative path.
+
+    `log` (e.g. a Dagster context.log) receives progress lines when hashing takes a while.
+    """
     root = Path(root)
     files = list_files(root)
-    hashes = (cache or HashCache(None)).hash_files(files)
+    hashes = (cache or HashCache(None)).hash_files(files, log=log, desc=f"hashing {root.name}")
     by_rel = {p.relative_to(root).as_posix(): hashes[p] for p in files}
     version = combine(f"{rel}:{digest}" for rel, digest in sorted(by_rel.items()))
     return version, by_rel

@@ -27,7 +27,13 @@ def load_model(name: str, version: str | int | None = None, device: str = "cpu")
     return BaseModel.load(model_dir(name, version), device=device)
 
 
-def predict(name: str, inputs: list[str], version: str | None = None, top: int = 1) -> Iterator[tuple[str, list]]:
+def predict(name: str, inputs: list[str], version: str | None = None,
+            top: int = 1) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """(item, [(label, score), ...]) for each input of a model's module-level `predict`.
+
+    `predict(model_dir, inputs[, top])` returns, per input, one (label, score) pair or a list
+    of them; or a dict {item: pairs} when one input may hold several items (the records of a
+    .jsonl file), in which case the dict's keys name what each result is about."""
     folder = model_dir(name, version)
     module = importlib.import_module(MODELS[name].module)
     if not hasattr(module, "predict"):
@@ -36,6 +42,11 @@ def predict(name: str, inputs: list[str], version: str | None = None, top: int =
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if "top" in inspect.signature(module.predict).parameters:
         results = module.predict(folder, inputs, top=top)
-    else:  # top-1 only: (label, probability) per input
-        results = [[r] for r in module.predict(folder, inputs)]
-    yield from zip(inputs, results)
+    else:
+        results = module.predict(folder, inputs)
+    for item, result in (results.items() if isinstance(results, dict) else zip(inputs, results)):
+        yield item, [result] if _is_pair(result) else list(result)
+
+
+def _is_pair(result: Any) -> bool:
+    return isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.paths import project_root
+from unified_pipeline.registry.aliases import DEFAULT_RULE, RULES
 
 ALL_MODELS = "all_models"
 ALL_DATASETS = "all_available_datasets"
@@ -69,6 +70,10 @@ class TrainingConfiguration(_Section):
     early_stopping_patience: int = Field(8, ge=0)
     keep_last_checkpoints: int = Field(2, ge=1)
     seed: int = 0
+    # Registry settings (not part of the fingerprint): when a new version becomes production, and
+    # how many versions to keep after each registration (None: prune only by hand).
+    promotion_rule: str = DEFAULT_RULE
+    keep_versions: int | None = Field(None, ge=1)
 
     @field_validator("optimizer")
     @classmethod
@@ -76,6 +81,13 @@ class TrainingConfiguration(_Section):
         if v.lower() not in {"adamw", "adam", "sgd"}:
             raise ValueError(f"unknown optimizer {v!r}; valid: ['adamw', 'adam', 'sgd']")
         return v.lower()
+
+    @field_validator("promotion_rule")
+    @classmethod
+    def _promotion_rule(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"unknown promotion rule {v!r}; valid: {list(RULES)}")
+        return v
 
 
 class HardwareConfiguration(_Section):
@@ -149,12 +161,16 @@ class Preset(_Section):
             "early_stopping_patience": tc.early_stopping_patience if tc.early_stopping else 0,
             "keep_last": tc.keep_last_checkpoints,
             "seed": tc.seed,
+            "promotion_rule": tc.promotion_rule,
+            "keep_versions": tc.keep_versions,
             "precision": "auto" if hw.mixed_precision else "fp32",
             "compile": hw.compile,
             "use_gpu": sc.use_gpu and hw.use_gpu,
             "epochs": sc.epochs,
             "batch_size": sc.batch_size,
             "checkpoint_interval": sc.checkpoint_interval,
+            # Collaborative scenarios let models take the adaptive_learning_controller's strategy.
+            "adaptive_strategy": sc.enable_collaborative_training,
         }
         if sc.learning_rate is not None:
             out["learning_rate"] = sc.learning_rate

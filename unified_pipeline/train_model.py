@@ -31,8 +31,9 @@ from unified_pipeline.models.registry import MODELS, ModelEntry
 from unified_pipeline.paths import unified_home
 from unified_pipeline.progress import ProgressWriter
 
-# Settings that change how a run is carried out but not what it computes.
-NON_SEMANTIC_HPARAMS = {"checkpoint_interval", "keep_last", "compile", "use_gpu", "precision"}
+# Settings that change how a run is carried out, or what happens to its version, but not what it computes.
+NON_SEMANTIC_HPARAMS = {"adaptive_strategy", "checkpoint_interval", "keep_last", "compile", "use_gpu", "precision",
+                        "promotion_rule", "keep_versions"}
 # Warm-start settings only matter when a run warm-starts; they join that run's fingerprint.
 WARM_PREFIX = "warm_start"
 
@@ -56,6 +57,7 @@ class StepOutcome:
     plots: dict[str, str] = field(default_factory=dict)
     data_versions: dict[str, str] = field(default_factory=dict)
     warm_start: dict[str, Any] = field(default_factory=dict)  # lineage record: used, reason, parent, ...
+    strategy: dict[str, Any] = field(default_factory=dict)  # advice applied to the hyperparameters, if any
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -126,9 +128,18 @@ def _train_or_reuse(
     log: Any = None,
     force: bool = False,
     scenario: str = "",
+    preset_info: dict[str, Any] | None = None,
+    advisors: tuple[str, ...] = (),
+    fixed: set[str] = frozenset(),
 ) -> StepOutcome:
+    """`preset_info`: the preset that produced `hparams` (registry.preset_lineage), kept in the lineage.
+    `advisors`: models whose production strategy may tune `hparams` (training/strategy.py);
+    `fixed`: keys the run config set, which advice never changes."""
+    from unified_pipeline.registry import policy_from_hparams
+
     entry = MODELS[name]
     log = log or logging.getLogger(f"unified_pipeline.{name}")
+    policy = policy_from_hparams(hparams, name)  # a bad setting fails before any training
     registry = _registry()
     upstream_versions = {}
     upstream_dirs: dict[str, Path] = {}
@@ -146,7 +157,7 @@ def _train_or_reuse(
             model=name, version=found.name, path=str(found.path), fingerprint=found.fingerprint or fp, reused=True,
             promoted="production" in (found.aliases or []), promotion_note="reused: nothing changed",
             metrics=found.metrics, device=found.lineage.get("device", ""), data_versions=data_versions,
-            warm_start=found.lineage.get("warm_start") or {},
+            warm_start=found.lineage.get("warm_start") or {}, strategy=found.lineage.get("strategy") or {},
         )
 
     if not force:
@@ -159,6 +170,9 @@ def _train_or_reuse(
 
     from unified_pipeline.training.warm_start import plan_warm_start
 
+    # Advice tunes a run that happens anyway; a new strategy alone never retrains a model, so
+    # the fingerprint covers the preset's values and reuse above ignores advice.
+    hparams, strategy = _advised(name, hparams, advisors, fixed, registry, log)
     plan = plan_warm_start(entry, tensor_dirs, hparams, production, registry)
     log.info(f"{name}: {'warm start' if plan.used else 'from scratch'}: {plan.reason}")
     if plan.used:
@@ -175,6 +189,11 @@ def _train_or_reuse(
     staging.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(entry.module)
     start = time.time()
+    from unified_pipeline.training.control import drop_stale
+
+    stale = drop_stale(control_path(name), started=start)
+    if stale:
+        log.warning(f"{name}: dropped a control command written before this training started: {stale}")
     try:
         with devices.lease(home / "locks" / "devices") as lease:
             device = lease.device if hparams.get("use_gpu", True) else "cpu"
@@ -211,10 +230,14 @@ def _train_or_reuse(
             "data_versions": data_versions,
             "code_version": code_version(entry.module, "unified_pipeline.models.base", packages=("training",)),
             "scenario": scenario,
+            "preset": preset_info,
             "hparams": hparams,
             "upstream": upstream_versions,
             "parent": warm_record["parent"],
             "warm_start": warm_record,
+            "strategy": strategy,
+            "control_commands": [{"epoch": r.get("epoch"), **c} for r in result.history if isinstance(r, dict)
+                                 for c in (r.get("commands") or [])],
             "base_fingerprint": base_fp,
             "run_id": run_id,
             "seed": job.seed,
@@ -225,7 +248,12 @@ def _train_or_reuse(
         reg = registry.register(
             name, staging, metrics=result.metrics, lineage=lineage, fingerprint=fp,
             metric=entry.metric, higher_is_better=entry.higher_is_better,
+            promote_rule=policy.promotion_rule, keep_versions=policy.keep_versions,
         )
+        if reg.pruned is not None and reg.pruned.removed:
+            log.info(f"{name}: keep_versions={policy.keep_versions} pruned {', '.join(reg.pruned.removed)}")
+        if reg.prune_error:
+            log.warning(f"{name}: {reg.prune_error}")
         # The version now holds the result; its checkpoints would only make a forced rerun resume
         # from a finished state.
         shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
@@ -239,8 +267,27 @@ def _train_or_reuse(
         wall_time_s=wall, samples_per_s=result.samples_per_s, epochs_run=result.epochs_run,
         param_count=result.param_count, resumed_from=result.resumed_from,
         plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
-        data_versions=data_versions, warm_start=warm_record,
+        data_versions=data_versions, warm_start=warm_record, strategy=strategy,
     )
+
+
+def _advised(name, hparams, advisors, fixed, registry, log):
+    """Apply the production strategy of each available advisor (training/strategy.py)."""
+    from unified_pipeline.training.strategy import apply_advice
+
+    found = {}
+    for adv in advisors:
+        version = _production(registry, adv)
+        if version is not None:
+            found[adv] = (version.name, registry.model_dir(adv, version.number))
+    hparams, record = apply_advice(name, hparams, found, set(fixed))
+    if record.get("used"):
+        log.info(f"{name}: {record['strategy']} strategy from {record['source']}: {record['applied']}")
+    elif advisors and record:
+        log.info(f"{name}: preset hyperparameters ({record['reason']})")
+    elif advisors:
+        log.info(f"{name}: preset hyperparameters (no trained {', '.join(advisors)} yet)")
+    return hparams, record
 
 
 def _flag(value: Any) -> bool:

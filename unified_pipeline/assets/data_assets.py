@@ -1,6 +1,11 @@
-"""One lane of assets per raw dataset: observed files -> manifest (+ GX check) -> tensors."""
+"""One lane of assets per raw dataset: observed files -> manifest (+ GX check) -> tensors.
+
+A folder under the raw root that is not a dataset gets one asset instead, which fails with
+the reason (naming the folder or the offending file), so the problem shows up in Dagster.
+"""
 
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     DataVersion,
+    Failure,
     MetadataValue,
     ObserveResult,
     Output,
@@ -22,12 +28,16 @@ from dagster import (
 
 from unified_pipeline import atomic
 from unified_pipeline.code_version import code_version
-from unified_pipeline.datasets import KIND_MODULES, SETTINGS_FILE, DatasetRef, get_kind
+from unified_pipeline.datasets import (
+    KIND_MODULES, SETTINGS_FILE, DatasetRef, check_folder, dataset_settings, detect_kind, get_kind,
+)
 from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
+from unified_pipeline.errors import DatasetError
 from unified_pipeline.hashing import HashCache, combine, dataset_version
 from unified_pipeline.paths import unified_home
 
 QUALITY_CHECK = "great_expectations"
+UNRECOGNISED_GROUP = "unrecognised"
 
 
 def raw_key(dataset: str) -> AssetKey:
@@ -63,11 +73,19 @@ def read_manifest(path: str | Path):
     return pd.read_json(path, orient="records", lines=True, dtype=False, convert_dates=False)
 
 
-def build_manifest(ref: DatasetRef) -> tuple[str, Any, Path]:
-    """Hash, read and record one dataset; returns (data version, manifest DataFrame, manifest file)."""
-    version, file_hashes = dataset_version(ref.root, hash_cache())
+def lane_settings(ref: DatasetRef, settings: dict[str, Any]) -> dict[str, Any]:
+    """The preset's settings for the kind, overridden by the dataset's own dataset.json."""
+    return {**settings, **dataset_settings(ref.root)}
+
+
+def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log: Any = None) -> tuple[str, Any, Path]:
+    """Hash, read and record one dataset; returns (data version, manifest DataFrame, manifest file).
+
+    The manifest's `split` column follows the same seed and fractions as the tensors.
+    """
+    version, file_hashes = dataset_version(ref.root, hash_cache(), log=log)
     samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
-    manifest = get_kind(ref.kind).build_manifest(ref.root, samples)
+    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, preprocess_config(settings or {}))
     path = manifest_path(ref.name, version)
     atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
     return version, manifest, path
@@ -105,7 +123,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         metadata={"path": MetadataValue.path(str(ref.root)), "kind": ref.kind},
     )
     def raw_files(context) -> ObserveResult:
-        version, files = dataset_version(ref.root, hash_cache())
+        version, files = dataset_version(ref.root, hash_cache(), log=context.log)
         return ObserveResult(
             data_version=DataVersion(version),
             metadata={"files": len(files), "data_version": version[:16]},
@@ -130,8 +148,9 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
     def manifest(context):
         from unified_pipeline.quality.runner import validate
 
-        version, df, path = build_manifest(ref)
-        report = validate(ref.kind, df, settings)
+        current = lane_settings(ref, settings)
+        version, df, path = build_manifest(ref, current, log=context.log)
+        report = validate(ref.kind, df, current)
         value = {"dataset": ref.name, "kind": ref.kind, "data_version": version, "manifest": str(path), "rows": len(df)}
         preview = df.drop(columns=[c for c in ("text",) if c in df.columns]).head(10)
         yield Output(
@@ -163,7 +182,8 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         description=f"Preprocessed tensors of '{ref.name}' (train/val/test), safetensors + meta.json.",
     )
     def tensors(context, manifest: dict) -> Output:
-        folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"], settings)
+        folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"],
+                                       lane_settings(ref, settings))
         meta = json.loads((folder / META_FILE).read_text())
         value = {"dataset": ref.name, "kind": ref.kind, "data_version": manifest["data_version"], "path": str(folder)}
         return Output(
@@ -179,6 +199,41 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         )
 
     return [raw_files, manifest, tensors]
+
+
+def unrecognised_assets(problems: dict[Path, str]) -> list[AssetsDefinition]:
+    """One always-failing asset per folder that is not a dataset, keyed unrecognised/<folder>."""
+    out, used = [], set()
+    for folder, reason in sorted(problems.items()):
+        part = re.sub(r"[^A-Za-z0-9_]", "_", folder.name) or "_"  # asset keys allow only these
+        while part in used:
+            part += "_"
+        used.add(part)
+        out.append(_unrecognised_asset(AssetKey([UNRECOGNISED_GROUP, part]), folder, reason))
+    return out
+
+
+def _unrecognised_asset(key: AssetKey, folder: Path, reason: str) -> AssetsDefinition:
+    @asset(
+        key=key,
+        group_name=UNRECOGNISED_GROUP,
+        description=f"Not a dataset: {reason}",
+        metadata={"path": MetadataValue.path(str(folder)), "problem": reason},
+    )
+    def not_a_dataset(context) -> None:
+        # Checked again at run time: the folder may have changed since the definitions loaded.
+        try:
+            if not folder.is_dir():
+                raise DatasetError(f"{folder}: folder no longer exists; reload the code location")
+            check_folder(folder.parent, folder)
+            kind = detect_kind(folder)
+        except (DatasetError, ValueError) as exc:
+            raise Failure(description=str(exc), metadata={"path": MetadataValue.path(str(folder))},
+                          allow_retries=False) from None  # the reason says it all; no traceback
+        raise Failure(description=f"{folder} is now a {kind} dataset; reload the code location to get its lane",
+                      allow_retries=False)
+
+    return not_a_dataset
 
 
 def _has_tabulate() -> bool:

@@ -1,8 +1,30 @@
-"""Which datasets each model reads, and the asset selections of the jobs."""
+"""Which datasets each model reads, the data lanes, and the asset selections of the jobs."""
 from __future__ import annotations
 
-from unified_pipeline.datasets import DatasetRef
+from pathlib import Path
+from typing import Any, Callable
+
+from dagster import AssetSelection
+
+from unified_pipeline.assets.data_assets import UNRECOGNISED_GROUP, lane_assets, unrecognised_assets
+from unified_pipeline.datasets import DatasetRef, scan
 from unified_pipeline.models.registry import MODELS, ModelEntry
+
+
+def data_lanes(preprocess: Callable[[str], dict[str, Any]],
+               root: Path | None = None) -> tuple[list[DatasetRef], list[Any]]:
+    """The datasets under the raw root and the assets of their lanes, given the preprocessing
+    settings per kind (e.g. `preset.preprocess`). A folder that is not a dataset gets one
+    asset that fails naming it, so it shows in the UI and fails the data job, while every
+    good lane still materialises."""
+    refs, problems = scan(root)
+    assets = [a for ref in refs for a in lane_assets(ref, preprocess(ref.kind))]
+    return refs, assets + unrecognised_assets(problems)
+
+
+def data_selection(refs: list[DatasetRef]) -> AssetSelection:
+    """Everything of the data lanes, including the failing assets of unrecognised folders."""
+    return AssetSelection.groups(*sorted({r.kind for r in refs}), UNRECOGNISED_GROUP)
 
 
 def datasets_for_model(entry: ModelEntry, refs: list[DatasetRef], preferred: list[str] | None = None) -> list[str] | None:

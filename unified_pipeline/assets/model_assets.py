@@ -1,7 +1,7 @@
 """One asset per registered model, generated from models/registry.py."""
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -65,13 +65,16 @@ def _input_name(dataset: str) -> str:
     return f"data_{dataset}"
 
 
-def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
+def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = ()) -> Any:
+    """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
+    advised: models this one advises (it is given their resolved presets)."""
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
     @asset(
         key=model_key(entry.name),
         ins=ins,
+        deps=[model_key(a) for a in advisors],  # ordering only: the advice is read from the registry
         group_name=entry.group,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags()},
@@ -85,10 +88,13 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
         ],
     )
     def _model(context: AssetExecutionContext, config: TrainConfig, **inputs: dict):
-        from unified_pipeline.presets import load_preset
-        from unified_pipeline.train_model import train_or_reuse
+        from unified_pipeline.presets import default_preset_path, load_preset
+        from unified_pipeline.registry import preset_lineage
+        from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS, train_or_reuse
 
-        preset = load_preset(config.preset_path or None)
+        preset_path = Path(config.preset_path) if config.preset_path else default_preset_path()
+        preset = load_preset(preset_path)
+        preset_info = preset_lineage(preset.preset_name, preset.preset_version, preset_path)
         scenario = config.scenario or context.run.tags.get(SCENARIO_TAG, DEFAULT_SCENARIO)
         if not config.scenario and entry.name not in preset.available_models_for(scenario):
             # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
@@ -99,16 +105,22 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
             if getattr(config, k) is not None
         }
         hparams = preset.hparams(scenario, entry.name, overrides)
+        if advised:
+            hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
+                m: {k: v for k, v in preset.hparams(scenario, m).items() if k not in NON_SEMANTIC_HPARAMS}
+                for m in advised
+            }
         tensor_dirs = {ds: Path(inputs[_input_name(ds)]["path"]) for ds in datasets}
         try:
             outcome = train_or_reuse(
                 entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
-                force=config.force_retrain, scenario=scenario,
+                force=config.force_retrain, scenario=scenario, preset_info=preset_info,
+                advisors=tuple(advisors), fixed=set(overrides),
             )
         except BaseException as exc:
             from unified_pipeline.error_report import write_error_report
 
-            report = write_error_report(entry.name, context.run_id, context.job_name, exc)
+            report = write_error_report(entry.name, context.run_id, context.job_name, exc, run=context.run)
             context.log.error(f"{entry.name}: failed; report with traceback and resume command: {report}")
             raise
         test = outcome.metrics.get("test", {})
@@ -123,6 +135,7 @@ def model_asset(entry: ModelEntry, datasets: list[str]) -> Any:
             "metrics": MetadataValue.json(outcome.metrics),
             "hyperparameters": MetadataValue.json(hparams),
             "warm_start": MetadataValue.json(outcome.warm_start or {}),
+            "strategy": MetadataValue.json(outcome.strategy or {}),
         }
         for k, v in test.items():
             if isinstance(v, (int, float)):

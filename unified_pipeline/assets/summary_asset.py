@@ -1,8 +1,11 @@
 """Run summary: one table of every model in the run, a results JSON and a Markdown report."""
 
+import base64
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import quote
 
 from dagster import AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
@@ -12,6 +15,7 @@ from unified_pipeline.paths import unified_home
 
 SUMMARY_KEY = AssetKey(["training_summary"])
 COLUMNS = ["model", "version", "status", "metric", "value", "promoted", "wall_time_s", "device"]
+_INLINE_BUDGET = 400_000  # PNG bytes inlined into the UI's copy of the report; run storage keeps every event
 
 
 def summary_rows(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,7 +36,12 @@ def summary_rows(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_report(run_id: str, rows: list[dict[str, Any]], outcomes: dict[str, dict[str, Any]]) -> str:
+ImageSource = Callable[[str, str, Path], "str | None"]
+
+
+def markdown_report(run_id: str, rows: list[dict[str, Any]], outcomes: dict[str, dict[str, Any]],
+                    image_src: ImageSource | None = None) -> str:
+    """The run's report; `image_src(model, title, png)` gives each curve's image link (None: list the path)."""
     lines = [f"# Training run {run_id}", "", f"Finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -45,9 +54,46 @@ def markdown_report(run_id: str, rows: list[dict[str, Any]], outcomes: dict[str,
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             if shown:
                 lines.append(f"- {split}: {shown}")
+        images = []
         for title, png in o.get("plots", {}).items():
-            lines.append(f"- plot {title}: `{png}`")
+            src = image_src(name, title, Path(png)) if image_src else None
+            if src:
+                images += ["", f"![{name} {title}]({src})"]
+            else:
+                lines.append(f"- plot {title}: `{png}`")
+        lines += images
     return "\n".join(lines) + "\n"
+
+
+def copied_plots(report: Path) -> ImageSource:
+    """Copy each curve into `<report stem>-plots/` beside the report and link it relatively."""
+    folder = report.parent / f"{report.stem}-plots"
+
+    def src(model: str, title: str, png: Path) -> str | None:
+        if not png.is_file():
+            return None
+        target = atomic.write_bytes(folder / f"{model}-{_slug(title)}.png", png.read_bytes())
+        return quote(f"{folder.name}/{target.name}")
+
+    return src
+
+
+def inline_plots(budget_bytes: int = _INLINE_BUDGET) -> ImageSource:
+    """Curves as data URIs (the UI renders them), until `budget_bytes` of PNG are used; then paths."""
+    left = [budget_bytes]
+
+    def src(model: str, title: str, png: Path) -> str | None:
+        if not png.is_file() or png.stat().st_size > left[0]:
+            return None
+        data = png.read_bytes()
+        left[0] -= len(data)
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+    return src
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", title).strip("_") or "plot"
 
 
 def summary_asset(model_names: list[str]):
@@ -64,8 +110,9 @@ def summary_asset(model_names: list[str]):
         rows = summary_rows(outcomes)
         results_dir = unified_home() / "results"
         atomic.write_json(results_dir / f"{context.run_id}.json", {"run_id": context.run_id, "models": outcomes, "summary": rows})
-        report = markdown_report(context.run_id, rows, outcomes)
-        report_path = atomic.write_text(results_dir / f"{context.run_id}.md", report)
+        report_path = results_dir / f"{context.run_id}.md"
+        atomic.write_text(report_path, markdown_report(context.run_id, rows, outcomes, copied_plots(report_path)))
+        report = markdown_report(context.run_id, rows, outcomes, inline_plots())
         schema = TableSchema(columns=[TableColumn(c, "string") for c in COLUMNS])
         return Output(
             {"run_id": context.run_id, "summary": rows, "report": str(report_path)},

@@ -1,8 +1,9 @@
 """Dataset kinds and the discovery of raw datasets under the raw root.
 
 A dataset is a sub-folder of the raw root. Its kind comes from an optional `dataset.json`
-(`{"kind": "audio"}`) or else from the first kind whose `detect` accepts the folder.
-Discovery only lists names and extensions, so importing the Dagster definitions stays cheap.
+(`{"kind": "audio"}`, plus any preprocessing settings for this dataset) or else from the
+first kind whose `detect` accepts the folder. Discovery only lists names and extensions
+(and reads CSV/JSONL header lines), so importing the Dagster definitions stays cheap.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.hashing import list_files
 from unified_pipeline.paths import check_name, inside, raw_root
 
 # Order matters for detection: folder layouts first, then file-based kinds from most to least specific.
@@ -39,22 +41,60 @@ def get_kind(kind: str):
     return importlib.import_module(KIND_MODULES[kind]).KIND
 
 
+def read_settings(root: Path) -> dict:
+    """The folder's dataset.json as a dict ({} when absent)."""
+    settings = Path(root) / SETTINGS_FILE
+    if not settings.exists():
+        return {}
+    try:
+        data = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{settings}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or "kind" not in data:
+        raise DatasetError(f"{settings}: expected a JSON object with a 'kind' field, found {data!r:.80}")
+    return data
+
+
+def dataset_settings(root: Path) -> dict:
+    """Preprocessing settings from dataset.json: every key but `kind`, overriding the preset's
+    `data_preprocessing.<kind>` for this one dataset (e.g. `"labels": ["cat", "dog"]`)."""
+    return {k: v for k, v in read_settings(root).items() if k != "kind"}
+
+
 def detect_kind(root: Path) -> str:
-    settings = root / SETTINGS_FILE
-    if settings.exists():
-        try:
-            kind = json.loads(settings.read_text(encoding="utf-8"))["kind"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{settings}: expected a JSON object with a 'kind' field ({exc})") from exc
-        get_kind(kind)
-        return kind
+    settings = read_settings(root)
+    if settings:
+        get_kind(settings["kind"])
+        return settings["kind"]
     for kind in KIND_MODULES:
         if get_kind(kind).detect(root):
             return kind
-    raise DatasetError(
-        f"{root}: cannot tell which kind of dataset this is; see data/README.md for the accepted layouts "
-        f"or add {SETTINGS_FILE} with {{\"kind\": one of {sorted(KIND_MODULES)}}}"
-    )
+    raise not_recognised(root)
+
+
+def accepted_extensions() -> tuple[str, ...]:
+    from unified_pipeline.datasets.audio import AUDIO_EXTENSIONS
+    from unified_pipeline.datasets.text import TEXT_EXTENSIONS
+    from unified_pipeline.datasets.vision import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS + AUDIO_EXTENSIONS + TEXT_EXTENSIONS
+
+
+def not_recognised(root: Path) -> DatasetError:
+    """Why no kind accepts the folder, naming a file when one is of a type no kind reads."""
+    where = (f"see data/README.md for the accepted layouts, or add {SETTINGS_FILE} with "
+             f"{{\"kind\": one of {sorted(KIND_MODULES)}}}")
+    files = [p.relative_to(root).as_posix() for p in list_files(root)]
+    if not files:
+        return DatasetError(f"{root}: dataset folder holds no files; {where}")
+    accepted = accepted_extensions()
+    unknown = [f for f in files if Path(f).suffix.lower() not in accepted]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        return DatasetError(f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}{more}; "
+                            f"accepted: {', '.join(accepted)}; {where}")
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return DatasetError(f"{root}: cannot tell which kind of dataset this is from its files ({shown}); {where}")
 
 
 def check_folder(root: Path, sub: Path) -> None:
@@ -67,35 +107,36 @@ def check_folder(root: Path, sub: Path) -> None:
                            "copy the data in instead of linking it") from exc
 
 
-def discover(root: Path | None = None, strict: bool = False) -> list[DatasetRef]:
-    """Every dataset folder under the raw root, sorted by name.
-
-    Folders that cannot be classified are skipped (strict=False) so that one bad folder does
-    not hide the good lanes; `unified-pipeline data` reports them.
-    """
+def scan(root: Path | None = None) -> tuple[list[DatasetRef], dict[Path, str]]:
+    """Every visible folder under the raw root, sorted by name: the datasets, and the folders
+    that are not datasets with the reason (which names the folder or the offending file)."""
     root = Path(root) if root else raw_root()
+    found: list[DatasetRef] = []
+    problems: dict[Path, str] = {}
     if not root.is_dir():
-        return []
-    found = []
+        return found, problems
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             check_folder(root, sub)
             found.append(DatasetRef(sub.name, detect_kind(sub), sub))
-        except (DatasetError, ValueError):
-            if strict:
-                raise
+        except (DatasetError, ValueError) as exc:
+            problems[sub] = str(exc) if str(sub) in str(exc) else f"{sub}: {exc}"
+    return found, problems
+
+
+def discover(root: Path | None = None, strict: bool = False) -> list[DatasetRef]:
+    """Every dataset folder under the raw root, sorted by name.
+
+    Folders that cannot be classified are left out (strict=False) so that one bad folder does
+    not hide the good lanes; `undetected` says why, and the Dagster definitions give each of
+    them an asset that fails with that reason.
+    """
+    found, problems = scan(root)
+    if strict and problems:
+        raise DatasetError("; ".join(problems.values()))
     return found
 
 
 def undetected(root: Path | None = None) -> dict[str, str]:
     """Folders under the raw root that are not datasets, with the reason."""
-    root = Path(root) if root else raw_root()
-    out = {}
-    if root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                check_folder(root, sub)
-                detect_kind(sub)
-            except (DatasetError, ValueError) as exc:
-                out[sub.name] = str(exc)
-    return out
+    return {sub.name: why for sub, why in scan(root)[1].items()}

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS
+from unified_pipeline.datasets.splits import SPLITS, assign_splits
 from unified_pipeline.datasets.vision import (
-    assign_splits, base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
+    base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
 from unified_pipeline.errors import DatasetError
 
@@ -101,7 +101,8 @@ class AudioKind:
     def detect(self, root: Path) -> bool:
         return detect_class_folders(root, AUDIO_EXTENSIONS)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows = []
         for rel in scan_class_folders(root, file_hashes, AUDIO_EXTENSIONS, "clip"):
@@ -115,6 +116,7 @@ class AudioKind:
         for col in ("duration_s", "peak"):
             df[col] = df[col].astype("float64")
         df["decodable"] = df["decodable"].astype(bool)
+        df["split"] = assign_splits(df, cfg or PreprocessConfig())
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:

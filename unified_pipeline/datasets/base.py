@@ -77,11 +77,14 @@ class DatasetKind(Protocol):
     def detect(self, root: Path) -> bool:
         """True if the folder looks like this kind (checked cheaply: names and extensions only)."""
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         """One row per sample. Columns: sample_id, path (relative), label (or None), sha256
-        (content hash of the sample), size, split, plus decoded facts. Files that cannot be
-        decoded stay in the manifest with decodable=False and error=<reason> so the quality
-        suite names them; layout problems that leave nothing to check raise DatasetError."""
+        (content hash of the sample), size, split, plus decoded facts. `split` is the one
+        `build_tensors` assigns under the same cfg (seed, fractions; defaults when None).
+        Files that cannot be decoded stay in the manifest with decodable=False and
+        error=<reason> so the quality suite names them; layout problems that leave nothing to
+        check raise DatasetError."""
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
         """Decode, resample, normalise, tokenise the manifest's samples into a TensorBundle."""

@@ -20,7 +20,7 @@ import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.datasets.splits import SPLITS, hash_splits
 from unified_pipeline.datasets.text import checked_files, data_files, folder_version, header_fields, read_csv_frame
 from unified_pipeline.errors import DatasetError
 
@@ -52,7 +52,8 @@ class CausalKind:
             first = fh.readline(1 << 20).decode("utf-8", "replace").strip().split(",")
         return len(first) == len(header) and all(_number(v) for v in first)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         files = checked_files(root, file_hashes, (".csv",), allowed=(ADJACENCY, SEM))
         if len(files) != 1:
@@ -77,7 +78,7 @@ class CausalKind:
         df = pd.DataFrame({
             "sample_id": [f"{rel}:{i + 1}" for i in range(len(raw))], "path": rel,
             "row": np.arange(1, len(raw) + 1, dtype=np.int64), "label": None, "sha256": sha,
-            "size": [len(t.encode()) for t in canonical], "split": [split_of(h) for h in sha],
+            "size": [len(t.encode()) for t in canonical], "split": hash_splits(sha, cfg or PreprocessConfig()),
             "decodable": [e is None for e in errors], "error": errors, "file_sha256": file_hashes[rel],
             "has_ground_truth": ADJACENCY in file_hashes,
         })
@@ -98,7 +99,7 @@ class CausalKind:
         cols = [c for c in manifest.columns if c.startswith(PREFIX)]
         names = [c[len(PREFIX):] for c in cols]
         x = manifest[cols].to_numpy(np.float32)
-        splits = np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
+        splits = hash_splits(manifest["sha256"], cfg)
         train = x[splits == "train"] if (splits == "train").any() else x
         tensors, counts = {}, {}
         for split in SPLITS:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.datasets.splits import SPLITS, hash_splits
 from unified_pipeline.datasets.text import PAD, UNKNOWN, checked_files, data_files, folder_version, header_fields
 from unified_pipeline.datasets.text import read_jsonl_records
 from unified_pipeline.errors import DatasetError
@@ -75,7 +75,8 @@ class MemoryKind:
         files = data_files(root, (".jsonl",))
         return bool(files) and all({"base_gist", "source_memory_id"} & set(header_fields(f)) for f in files)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows = []
         for rel in checked_files(root, file_hashes, (".jsonl",)):
@@ -89,6 +90,7 @@ class MemoryKind:
         for col in ("text_confidence", "reward"):
             df[col] = df[col].astype("float64")
         df["decodable"] = df["decodable"].astype(bool)
+        df["split"] = hash_splits(df["sha256"], cfg or PreprocessConfig())
         return df
 
     @staticmethod
@@ -115,7 +117,7 @@ class MemoryKind:
             "action": str(field(rec, "action_feedback.action", "")) if good else None,
             "reward": float(field(rec, "action_feedback.reward")) if good else np.nan,
             "success": bool(field(rec, "action_feedback.success")) if good else None,
-            "sha256": sha, "size": len(data), "split": split_of(sha), "decodable": good,
+            "sha256": sha, "size": len(data), "split": None, "decodable": good,
             "error": "; ".join(problems) if problems else None, "record": canonical, "file_sha256": file_sha,
         }
 
@@ -133,7 +135,7 @@ class MemoryKind:
                 raise DatasetError(f"{root / odd['path']}: line {odd['row']}: {col} {odd[col]} differs from the "
                                    f"dataset's {int(manifest[col].mode()[0])}")
         records = [json.loads(r) for r in manifest["record"]]
-        splits = np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
+        splits = hash_splits(manifest["sha256"], cfg)
         train = [r for r, s in zip(records, splits) if s == "train"] or records
         vocab = _vocab(w for r in train for w in words(field(r, "base_gist.summary")))
         keyword_vocab = sorted({k for r in train for k in field(r, "base_gist.keywords")})

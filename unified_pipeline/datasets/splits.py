@@ -1,24 +1,106 @@
-"""Stable train/val/test assignment.
+"""Stable, stratified train/val/test assignment.
 
-A sample's split is a pure function of its content hash and the seed, so adding or removing
-files never moves an existing sample to another split. Per-class proportions follow the
-fractions in expectation (hash values are uniform), which keeps small classes represented.
+`split_of` is the base rule: a sample's split is a pure function of its content hash and the
+seed. Each sample gets a score u = sha256("<seed>:<hash>") read as a number in [0, 1), and
+the fractions cut [0, 1) into train, val and test. Adding or removing files never moves a
+sample under this rule, and per-class proportions follow the fractions in expectation.
+
+`stratified_splits` adds one guarantee for labelled kinds. Call the splits with a positive
+fraction the wanted splits (all three by default). Every class with at least as many
+distinct contents as there are wanted splits has at least one content in each of them; a
+small class could otherwise end up with no validation or test sample at all. Where the base
+rule leaves a wanted split of a class empty, the class lends it one content: the one with
+the lowest score in the class's most populated split (ties: train, val, test). Samples with
+identical content always share a split, so a duplicate never sits on both sides.
+
+What stays stable, precisely:
+- a class whose wanted splits are all non-empty under the base rule follows the base rule
+  exactly, and adding files to it never moves an existing sample;
+- a class with an empty wanted split under the base rule differs from it by one lent
+  content per empty split. Adding a file to such a class can move at most two existing
+  contents per empty split: the lent one back to its base split (because the class now has
+  a sample of its own there, or because another content is lent instead: a new one with a
+  lower score, or one from a split that became the most populated), and that other one;
+- samples of other classes never move, and all of this is a function of (hashes, labels,
+  seed, fractions) alone: input order does not matter. Removing files can empty a split
+  again and so start lending.
 """
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-def split_of(content_hash: str, seed: int = 0, fractions: dict[str, float] | None = None) -> str:
-    fractions = fractions or DEFAULT_FRACTIONS
+def split_score(content_hash: str, seed: int = 0) -> float:
+    """Uniform number in [0, 1) that orders samples within a seed."""
     digest = hashlib.sha256(f"{seed}:{content_hash}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(content_hash: str, seed: int = 0, fractions: dict[str, float] | None = None) -> str:
+    return _split_for_score(split_score(content_hash, seed), fractions or DEFAULT_FRACTIONS)
+
+
+def _split_for_score(u: float, fractions: dict[str, float]) -> str:
     edge = 0.0
     for name in SPLITS:
         edge += fractions[name]
         if u < edge:
             return name
     return SPLITS[-1]
+
+
+def _class_key(label: Any) -> Any:
+    # Missing labels (None, NaN, NA) form one group of their own.
+    if pd.api.types.is_scalar(label) and pd.isna(label):
+        return None
+    return str(label)
+
+
+def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 0,
+                      fractions: dict[str, float] | None = None) -> list[str]:
+    """Split of each sample: the base rule, plus one content lent to each empty split of a class."""
+    fractions = fractions or DEFAULT_FRACTIONS
+    if len(hashes) != len(labels):
+        raise ValueError(f"{len(hashes)} hashes but {len(labels)} labels")
+    wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    by_class: dict[Any, set[str]] = defaultdict(set)
+    for h, label in zip(hashes, labels):
+        by_class[_class_key(label)].add(h)
+    placed: dict[tuple[Any, str], str] = {}
+    for cls, contents in by_class.items():
+        score = {h: split_score(h, seed) for h in contents}
+        split = {h: _split_for_score(u, fractions) for h, u in score.items()}
+        if len(contents) >= len(wanted) and not set(wanted) <= set(split.values()):
+            _lend(split, score, wanted)
+        placed.update({(cls, h): s for h, s in split.items()})
+    return [placed[(_class_key(label), h)] for h, label in zip(hashes, labels)]
+
+
+def _lend(split: dict[str, str], score: dict[str, float], wanted: list[str]) -> None:
+    """Give each empty wanted split of one class the lowest-scored content of its fullest split."""
+    for missing in wanted:
+        members = {s: sorted((score[h], h) for h, at in split.items() if at == s) for s in SPLITS}
+        if members[missing]:
+            continue
+        donor = max(SPLITS, key=lambda s: (len(members[s]), -SPLITS.index(s)))
+        if len(members[donor]) >= 2:  # never empty the donor
+            split[members[donor][0][1]] = missing
+
+
+def assign_splits(manifest, cfg) -> np.ndarray:
+    """Stratified split of each manifest row (columns sha256 and label) under cfg.seed and cfg.fractions."""
+    return np.array(stratified_splits(list(manifest["sha256"]), list(manifest["label"]), cfg.seed, cfg.fractions),
+                    dtype=object)
+
+
+def hash_splits(hashes, cfg) -> np.ndarray:
+    """Base-rule split of each hash under cfg.seed and cfg.fractions (kinds without classes)."""
+    return np.array([split_of(h, cfg.seed, cfg.fractions) for h in hashes], dtype=object)

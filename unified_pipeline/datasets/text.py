@@ -24,7 +24,7 @@ import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.datasets.splits import SPLITS, assign_splits
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.paths import inside
 
@@ -44,7 +44,8 @@ class TextKind:
         files = data_files(root, TEXT_EXTENSIONS)
         return bool(files) and all({"text", "label"} <= set(header_fields(f)) for f in files)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows: list[dict] = []
         for rel in checked_files(root, file_hashes, TEXT_EXTENSIONS):
@@ -67,6 +68,7 @@ class TextKind:
         df["row"] = df["row"].astype("int64")
         df["length"] = df["length"].astype("int64")
         df["decodable"] = df["decodable"].astype(bool)
+        df["split"] = assign_splits(df, cfg or PreprocessConfig())
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
@@ -78,7 +80,7 @@ class TextKind:
             where = ", ".join(f"{p}:{r}" for p, r in zip(bad["path"].head(5), bad["row"].head(5)))
             raise DatasetError(f"{root}: {len(bad)} record(s) unreadable or unlabelled ({where})" if len(bad)
                                else f"{root}: manifest has no samples")
-        splits = np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
+        splits = assign_splits(manifest, cfg)
         texts = manifest["text"].fillna("").astype(str).tolist()
         vocab = build_char_vocab([t for t, s in zip(texts, splits) if s == "train"] or texts,
                                  int(cfg.extra.get("min_char_count", 1)))
@@ -122,7 +124,7 @@ def _manifest_row(rel: str, row_no: int, rec: dict | str, file_sha: str) -> dict
     return {
         "sample_id": f"{rel}:{row_no}", "path": rel, "row": row_no, "label": label, "text": text,
         "length": len(text), "sha256": hashing.sha256_bytes(data), "size": len(data),
-        "split": split_of(hashing.sha256_bytes(data)), "decodable": error is None, "error": error,
+        "split": None, "decodable": error is None, "error": error,
         "file_sha256": file_sha,
     }
 

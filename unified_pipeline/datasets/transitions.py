@@ -20,7 +20,7 @@ import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.datasets.splits import SPLITS, hash_splits
 from unified_pipeline.datasets.text import checked_files, data_files, folder_version, header_fields, read_csv_frame
 from unified_pipeline.errors import DatasetError
 
@@ -55,7 +55,8 @@ class TransitionsKind:
         files = data_files(root, (".csv",))
         return bool(files) and all(is_transition_header(header_fields(f)) for f in files)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         frames, first_cols = [], None
         for rel in checked_files(root, file_hashes, (".csv",)):
@@ -78,6 +79,7 @@ class TransitionsKind:
         if df.empty:
             raise DatasetError(f"{root}: no transition rows in {sorted(file_hashes)} (header only?)")
         df["decodable"] = df["decodable"].astype(bool)
+        df["split"] = episode_splits(df, cfg or PreprocessConfig())
         return df
 
     def _file_rows(self, rel: str, raw: pd.DataFrame, file_sha: str) -> pd.DataFrame:
@@ -101,7 +103,7 @@ class TransitionsKind:
             "sample_id": [f"{rel}:{i + 1}" for i in range(len(raw))], "path": rel,
             "row": np.arange(1, len(raw) + 1, dtype=np.int64), "label": None, "episode": episode.astype(str).to_numpy(),
             "episode_key": keys, "sha256": sha, "size": [len(t.encode()) for t in canonical],
-            "split": [split_of(hashing.sha256_bytes(k.encode())) for k in keys],
+            "split": None,  # set for the whole manifest by episode_splits
             "decodable": [e is None for e in errors], "error": errors, "file_sha256": file_sha,
         })
         return pd.concat([out, values.reset_index(drop=True)], axis=1)
@@ -130,8 +132,7 @@ class TransitionsKind:
         arrays["reward"] = manifest["reward"].to_numpy(np.float32)
         episode_ids = {k: i for i, k in enumerate(sorted(manifest["episode_key"].unique()))}
         episode = np.array([episode_ids[k] for k in manifest["episode_key"]], dtype=np.int64)
-        splits = np.array([split_of(hashing.sha256_bytes(k.encode()), cfg.seed, cfg.fractions)
-                           for k in manifest["episode_key"]], dtype=object)
+        splits = episode_splits(manifest, cfg)
         train = splits == "train" if (splits == "train").any() else np.ones(len(splits), dtype=bool)
         stats = {}
         for name, arr in (("state", arrays["state"]), ("action", arrays["action"]),
@@ -160,6 +161,11 @@ class TransitionsKind:
 
         return [generate_cartpole(Path(raw_root) / "cartpole", seed),
                 generate_pendulum(Path(raw_root) / "pendulum", seed)]
+
+
+def episode_splits(manifest: pd.DataFrame, cfg: PreprocessConfig) -> np.ndarray:
+    """Whole episodes go to one split, by the hash of their key (file and episode id)."""
+    return hash_splits([hashing.sha256_bytes(k.encode()) for k in manifest["episode_key"]], cfg)
 
 
 KIND = TransitionsKind()

@@ -14,7 +14,7 @@ import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, split_of
+from unified_pipeline.datasets.splits import SPLITS, assign_splits
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.paths import inside
 
@@ -91,7 +91,7 @@ def base_row(root: Path, rel: str, sha256: str) -> dict:
         "label": rel.split("/", 1)[0],
         "sha256": sha256,
         "size": (Path(root) / rel).stat().st_size,
-        "split": split_of(sha256),
+        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
         "decodable": True,
         "error": None,
     }
@@ -105,10 +105,6 @@ def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:
             f"{root}: {len(bad)} file(s) cannot be decoded: {'; '.join(names)}",
             hint="fix or remove them; the manifest quality check lists all of them",
         )
-
-
-def assign_splits(manifest: pd.DataFrame, cfg: PreprocessConfig) -> np.ndarray:
-    return np.array([split_of(h, cfg.seed, cfg.fractions) for h in manifest["sha256"]], dtype=object)
 
 
 def data_version(manifest: pd.DataFrame) -> str:
@@ -151,7 +147,8 @@ class VisionKind:
     def detect(self, root: Path) -> bool:
         return detect_class_folders(root, IMAGE_EXTENSIONS)
 
-    def build_manifest(self, root: Path, file_hashes: dict[str, str]) -> pd.DataFrame:
+    def build_manifest(self, root: Path, file_hashes: dict[str, str],
+                       cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows = []
         for rel in scan_class_folders(root, file_hashes, IMAGE_EXTENSIONS, "image"):
@@ -163,6 +160,7 @@ class VisionKind:
         for col in ("width", "height", "channels"):
             df[col] = df[col].astype("Int64")
         df["decodable"] = df["decodable"].astype(bool)
+        df["split"] = assign_splits(df, cfg or PreprocessConfig())
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:

@@ -39,8 +39,10 @@ strategy.json schema (version 1):
                   "warm_start": [{"source": "<model>/v<N>", "lr_multiplier": float, "batch_size": int,
                                   "early_stopping_patience": int, "early_mean_val": float}]}}}}
 
-A consumer applies a model's entry by overriding its hyperparameters with learning_rate,
-batch_size, early_stopping_patience and epochs.
+Consumers: the controlled models list this model as an advisor (models/registry.py) and apply
+their entry through training/strategy.py: learning-rate multiplier on their own preset rate,
+batch size and patience. The preset each lane starts from is that model's own resolved preset
+(hparams["advised_presets"][model], passed by the pipeline).
 """
 from __future__ import annotations
 
@@ -118,7 +120,10 @@ class _Lane:
         self.train = _subsample(parts["train"], int(hp["max_train_samples"]), job.seed)
         self.val, self.test = parts["val"], parts["test"]
         self.study_val = _subsample(parts["val"], int(hp["max_val_samples"]), job.seed)
-        self.preset = {**self.module.DEFAULTS, **{k: job.hparams[k] for k in PRESET_KEYS if k in job.hparams}}
+        # Each model's own resolved preset when the pipeline passes it (model_specific_presets
+        # differ per model), else this step's shared training settings.
+        own = (job.hparams.get("advised_presets") or {}).get(name) or job.hparams
+        self.preset = {**self.module.DEFAULTS, **{k: own[k] for k in PRESET_KEYS if k in own}}
         self.preset["epochs"] = int(hp["budget_epochs"])
 
     def build(self, hp: dict[str, Any]):

@@ -15,6 +15,9 @@ is a real test of what the code carries; `predict_feedback` scores any action fo
 Headline `recall_at_1`: a corrupted copy of each test record (30% of gist words and keywords
 dropped, Gaussian noise of 0.3 feature-std on modalities) retrieves by cosine similarity
 among the int8 codes of all test records; chance is 1 / n_test.
+
+Beside the weights, fit stores the int8 code and id of every record (`memory_bank.*`) and the
+vocabularies in the config, which is what `predict` needs to answer a raw record query.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
 from unified_pipeline.training.classification import fit_with_trainer
@@ -49,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "feedback_layers": 1,
 }
 FIELDS = ("gist", "keywords", "relations", "modalities", "feedback", "action")
+# Dataset facts `predict` needs to turn a raw record into the encoder's inputs.
+ENCODING_META = ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab", "action_vocab")
+MODALITY_ORDER = ("text_confidence", "audio_features", "image_features")  # the memory kind's vector layout
+BANK_TENSORS, BANK_IDS = "memory_bank.safetensors", "memory_bank.json"
 
 
 @dataclass
@@ -200,16 +208,23 @@ def predict_feedback(model: AlphaDeepModel, codes: torch.Tensor, actions: torch.
 
 
 @torch.no_grad()
-def retrieve(model: AlphaDeepModel, query, memory, k: int = 1) -> torch.Tensor:
-    """Indices [Q, k] of the nearest memory codes (cosine over int8 codes) for each query.
+def nearest(model: AlphaDeepModel, query, memory, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine similarities, indices), each [Q, k], of the nearest memory codes for each query.
 
-    `query` and `memory` are memory tensors (dict/tuple) or already-computed int8/float codes."""
+    `query` and `memory` are memory tensors (dict/tuple) or already-computed int8/float codes;
+    tensors are quantised to int8 first, as they would be stored."""
     def codes(x):
         if isinstance(x, torch.Tensor):
             return dequantise(x) if x.dtype == torch.int8 else x
         return dequantise(quantise(encode(model, x)))
     q, m = F.normalize(codes(query).float(), dim=-1), F.normalize(codes(memory).float(), dim=-1)
-    return (q @ m.t()).topk(min(k, m.shape[0]), dim=-1).indices
+    top = (q @ m.t().to(q.device)).topk(min(k, m.shape[0]), dim=-1)
+    return top.values, top.indices
+
+
+def retrieve(model: AlphaDeepModel, query, memory, k: int = 1) -> torch.Tensor:
+    """Indices [Q, k] of the nearest memory codes (cosine over int8 codes) for each query."""
+    return nearest(model, query, memory, k)[1]
 
 
 def rebuilt_json_bytes(meta: dict, data: tuple) -> float:
@@ -320,7 +335,45 @@ def fit(job: FitJob) -> FitResult:
     model.modality_std.copy_(train[3].std(0).clamp_min(1e-6))
     feedback_mean = train[4].mean(0)
     # The JSON size is a fact of the test records; every evaluation reports it beside bytes_per_code.
-    metric_fn = make_metric(hp, feedback_mean, rebuilt_json_bytes(bundle.meta, test))
+    json_bytes = rebuilt_json_bytes(bundle.meta, test)
+    metric_fn = make_metric(hp, feedback_mean, json_bytes)
+    base_mse = ((feedback_mean - test[4]) ** 2).mean(0)
+    baseline = {"recall_at_1": 1.0 / max(len(test[0]), 1), "feedback_mse": float(base_mse.mean()),
+                "reward_mse": float(base_mse[0]), "bytes_per_code": json_bytes}
     job = dataclasses.replace(job, hparams=hp)
-    return fit_with_trainer(job, model, train, val, test, make_loss(hp), metric_fn, "selection_score", True,
-                            extra={"dataset": name, "code_dim": int(hp["code_dim"]), "quantisation": "int8, scale 1/127"})
+    vocabularies = {k: bundle.meta.get(k) for k in ENCODING_META}
+    vocabularies["modality_layout"] = modality_layout(bundle.meta.get("modality_dims") or {})
+    result = fit_with_trainer(job, model, train, val, test, make_loss(hp), metric_fn, "selection_score", True,
+                              extra={"dataset": name, "code_dim": int(hp["code_dim"]),
+                                     "quantisation": "int8, scale 1/127", **vocabularies},
+                              baseline=baseline,
+                              baseline_name="chance recall, train-mean feedback, zlib JSON record bytes")
+    write_memory_bank(job.out_dir, model, bundle, (train, val, test))
+    return result
+
+
+def modality_layout(dims: dict[str, int]) -> list[list]:
+    """[[name, size], ...] in the modality vector's order (JSON files sort the meta's keys)."""
+    rank = {name: i for i, name in enumerate(MODALITY_ORDER)}
+    return [[k, int(v)] for k, v in sorted(dims.items(), key=lambda kv: rank.get(kv[0], len(rank)))]
+
+
+def write_memory_bank(out_dir, model: AlphaDeepModel, bundle, splits) -> None:
+    """Int8 codes of every record (train, val, test) and their ids: what `predict` searches."""
+    codes, ids = [], []
+    named = bundle.sidecars.get("records") or {}
+    for split, data in zip(("train", "val", "test"), splits):
+        codes.append(quantise(encode(model, data)).cpu())
+        split_ids = named.get(split) if isinstance(named, dict) else None
+        ids += split_ids if isinstance(split_ids, list) and len(split_ids) == len(data[0]) else \
+            [f"{split}:{i}" for i in range(len(data[0]))]
+    atomic.save_safetensors(out_dir / BANK_TENSORS, {"codes": torch.cat(codes)})
+    atomic.write_json(out_dir / BANK_IDS, ids)
+
+
+def predict(model_dir, inputs: list[str], top: int = 1) -> dict[str, list[tuple[str, float]]]:
+    """`unified-pipeline predict alpha_deep_model RECORD.json --top 3`: the nearest stored records
+    (id, cosine similarity of codes) and the predicted feedback (memory_queries)."""
+    from unified_pipeline.models.memory_queries import predict as run
+
+    return run(model_dir, inputs, top)

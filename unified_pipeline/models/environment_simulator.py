@@ -133,17 +133,42 @@ class EnvironmentSimulator(BaseModel):
     def world(self, dataset: str | None) -> WorldModel:
         if dataset is None and len(self.worlds) == 1:
             return next(iter(self.worlds.values()))
+        if dataset is None:
+            raise ConfigError(f"environment_simulator holds several datasets; name one of {sorted(self.worlds)}")
         if dataset not in self.worlds:
             raise ConfigError(f"environment_simulator: dataset {dataset!r} unknown; known: {sorted(self.worlds)}")
         return self.worlds[dataset]
 
 
+class Rollout(tuple):
+    """What `simulate` returns: unpacks as (states, rewards, uncertainty); `reward_std` rides along.
+
+    The reward's std is an attribute rather than a fourth element so that three-way unpacking
+    (the documented API) keeps working."""
+
+    def __new__(cls, states: torch.Tensor, rewards: torch.Tensor, uncertainty: torch.Tensor, reward_std: torch.Tensor):
+        self = super().__new__(cls, (states, rewards, uncertainty))
+        self.reward_std = reward_std
+        return self
+
+    states = property(lambda self: self[0])
+    rewards = property(lambda self: self[1])
+    uncertainty = property(lambda self: self[2])
+
+
+def total_std(mean_per_member: torch.Tensor, std_per_member: torch.Tensor) -> torch.Tensor:
+    """Std of the ensemble mixture: spread of member means plus mean predicted noise variance."""
+    return (mean_per_member.var(0, unbiased=False) + (std_per_member ** 2).mean(0)).sqrt()
+
+
 @torch.no_grad()
-def simulate(model: EnvironmentSimulator, state: torch.Tensor, actions: torch.Tensor, dataset: str | None = None):
+def simulate(model: EnvironmentSimulator, state: torch.Tensor, actions: torch.Tensor,
+             dataset: str | None = None) -> Rollout:
     """Open-loop rollout. state [S] or [B, S]; actions [H, A] or [B, H, A].
 
-    Returns (states [.., H, S], rewards [.., H], uncertainty [.., H, S]): the ensemble mean
-    prediction after each action and its total std (member spread + predicted noise).
+    Returns a `Rollout` = (states [.., H, S], rewards [.., H], uncertainty [.., H, S]) with
+    `.reward_std` [.., H]: the ensemble mean prediction after each action and the total std
+    (member spread + predicted noise) of the state and of the reward.
     """
     world = model.world(dataset)
     single = actions.ndim == 2
@@ -156,15 +181,16 @@ def simulate(model: EnvironmentSimulator, state: torch.Tensor, actions: torch.Te
                           f"state_dim={world.state_dim} and [B, H, A] / [H, A]")
     dev = world.state_mean.device
     cur = state.to(dev, torch.float32).expand(world.members, *state.shape).clone()
-    states, rewards, stds = [], [], []
+    states, rewards, stds, r_stds = [], [], [], []
     for t in range(actions.shape[1]):
         a = actions[:, t].to(dev, torch.float32).expand(world.members, *actions[:, t].shape)
-        cur, rew, s_std, _ = world.step(cur, a)
+        cur, rew, s_std, r_std = world.step(cur, a)
         states.append(cur.mean(0))
         rewards.append(rew.mean(0))
-        stds.append((cur.var(0, unbiased=False) + (s_std ** 2).mean(0)).sqrt())
-    out = torch.stack(states, -2), torch.stack(rewards, -1), torch.stack(stds, -2)
-    return tuple(o[0] for o in out) if single else out
+        stds.append(total_std(cur, s_std))
+        r_stds.append(total_std(rew, r_std))
+    out = torch.stack(states, -2), torch.stack(rewards, -1), torch.stack(stds, -2), torch.stack(r_stds, -1)
+    return Rollout(*(o[0] for o in out)) if single else Rollout(*out)
 
 
 def _check_bundle(name: str, bundle) -> None:
@@ -201,14 +227,14 @@ def evaluate_world(model: EnvironmentSimulator, name: str, tensors: dict, horizo
     dev = world.state_mean.device
     s, a, ns, r = (tensors[k].to(dev, torch.float32) for k in ("state", "action", "next_state", "reward"))
     nxt, rew, s_std, r_std = world.step(s.expand(world.members, *s.shape), a.expand(world.members, *a.shape))
-    pred = nxt.mean(0)
-    total_std = (nxt.var(0, unbiased=False) + (s_std ** 2).mean(0)).sqrt()
+    pred, pred_std = nxt.mean(0), total_std(nxt, s_std)
     scale = world.state_std
     m = {"one_step_mse": float((((pred - ns) / scale) ** 2).mean()),
          "copy_mse": float((((s - ns) / scale) ** 2).mean()),
          "reward_mse": float(((rew.mean(0) - r) ** 2).mean()),
          "reward_mean_baseline_mse": float(((r - world.reward_mean) ** 2).mean()),
-         "calibration_90": float(((ns - pred).abs() <= Z90 * total_std).float().mean()),
+         "calibration_90": float(((ns - pred).abs() <= Z90 * pred_std).float().mean()),
+         "reward_calibration_90": float(((r - rew.mean(0)).abs() <= Z90 * total_std(rew, r_std)).float().mean()),
          "test_transitions": float(len(s))}
     m["mse_ratio_vs_copy"] = m["one_step_mse"] / max(m["copy_mse"], 1e-12)
     for h in horizons:
@@ -311,8 +337,18 @@ def fit(job: FitJob) -> FitResult:
     metrics["mse_ratio_vs_copy"] = max(metrics[f"{n}/mse_ratio_vs_copy"] for n in names)
     metrics["one_step_mse"] = sum(metrics[f"{n}/one_step_mse"] for n in names) / len(names)
     metrics["calibration_90"] = min(metrics[f"{n}/calibration_90"] for n in names)
+    metrics["reward_calibration_90"] = min(metrics[f"{n}/reward_calibration_90"] for n in names)
+    for h in (int(h) for h in hp["horizons"]):  # worst dataset among those with episodes long enough for the horizon
+        for key in (f"rollout_mse_h{h}", f"rollout_copy_mse_h{h}"):
+            found = [metrics[f"{n}/{key}"] for n in names if f"{n}/{key}" in metrics]
+            if found:
+                metrics[key] = max(found)
     baseline = {f"{n}/copy_mse": metrics[f"{n}/copy_mse"] for n in names}
-    model.save(job.out_dir, extra={"datasets": names})
+    baseline["one_step_mse"] = sum(baseline.values()) / len(names)
+    baseline.update({k.replace("_copy_mse", "_mse"): v for k, v in metrics.items() if k.startswith("rollout_copy_mse")})
+    columns = {n: {"state": list(job.datasets[n].meta.get("state_columns") or []),
+                   "action": list(job.datasets[n].meta.get("action_columns") or [])} for n in names}
+    model.save(job.out_dir, extra={"datasets": names, "columns": columns})
     result_metrics = {"test": metrics, "baseline": baseline}
     atomic.write_json(job.out_dir / "metrics.json", result_metrics)
     atomic.write_json(job.out_dir / "history.json", history)
@@ -322,3 +358,11 @@ def fit(job: FitJob) -> FitResult:
                      wall_time_s=wall, device=str(job.device), plots=plots,
                      notes={"headline": "mse_ratio_vs_copy = worst one-step MSE / copy-last-state MSE over datasets",
                             "baseline": "copy the last state"})
+
+
+def predict(model_dir, inputs: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """`unified-pipeline predict environment_simulator '{"state": [...], "actions": [[...], ...]}'`:
+    per query, the predicted state, reward and their std after each action (simulator_queries)."""
+    from unified_pipeline.models.simulator_queries import predict as run
+
+    return run(model_dir, inputs)

@@ -3,8 +3,8 @@
 The runner validates `prepare(manifest)` against `expectations(manifest, cfg)`; `prepare`
 adds `label_conflict`, `class_count` and `class_share` as in the vision suite.
 
-`cfg` (dict, every key optional): the class keys of the vision suite (min_per_class,
-min_share_of_fair, max_share_of_fair), min_duration_s (0.05), max_duration_s (60),
+`cfg` (dict, every key optional): the class keys of the vision suite (labels,
+min_per_class, min_share_of_fair, max_share_of_fair), min_duration_s (0.05), max_duration_s (60),
 min_sample_rate (4000), max_sample_rate (192000), max_channels (8), min_peak (0.001: quieter
 clips are treated as silent).
 """

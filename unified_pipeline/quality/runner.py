@@ -55,6 +55,8 @@ class QualityReport:
                 detail.append(f"{r['unexpected_count']} unexpected")
             if r["observed_value"] is not None and not r["offenders"]:
                 detail.append(f"observed {_short(r['observed_value'])}")
+            if r.get("missing"):
+                detail.append("missing " + ", ".join(str(v) for v in r["missing"]))
             if r.get("details") and not r["offenders"]:
                 detail.append(f"details {_short(r['details'])}")
             if r.get("exception"):
@@ -140,6 +142,7 @@ def _result_row(raw: dict[str, Any], index_cols: list[str]) -> dict[str, Any]:
         "observed_value": result.get("observed_value"),
         "unexpected_count": int(result.get("unexpected_count") or 0),
         "offenders": offenders[:MAX_OFFENDERS],
+        "missing": (result.get("partial_missing_list") or [])[:MAX_OFFENDERS],  # set expectations: absent values
         "details": result.get("details"),
         "exception": message,
     }

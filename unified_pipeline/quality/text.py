@@ -5,7 +5,7 @@ the same text filed under two labels (`label_conflict`), and classes that are to
 out of balance (`class_count`, `class_share` per row, from `prepare_labels`).
 
 `cfg` (dict or PreprocessConfig, every key optional): min_text_len (1), max_text_chars
-(10000), labels (allowed label set; default any), min_per_class (2), min_share_of_fair /
+(10000), labels (the expected label set; default any), min_per_class (2), min_share_of_fair /
 max_share_of_fair (0.25 / 4.0 of an equal class share).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, prepare_labels, setting
+from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, label_set_expectations, prepare_labels, setting
 
 REQUIRED = ["sample_id", "path", "row", "label", "text", "length", "sha256", "split", "decodable", "error"]
 
@@ -30,7 +30,7 @@ def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
     fair = 1.0 / n_classes
     low = setting(cfg, "min_share_of_fair", 0.25) * fair
     high = min(1.0, setting(cfg, "max_share_of_fair", 4.0) * fair)
-    suite = [
+    return [
         gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the dataset has texts"),
         gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
         gxe.ExpectColumnValuesToBeUnique(column="sample_id", description="each record appears once"),
@@ -51,9 +51,4 @@ def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
         gxe.ExpectColumnValuesToBeBetween(
             column="class_share", min_value=round(low, 6), max_value=round(high, 6),
             description=f"class balance: each class holds {low:.3f}..{high:.3f} of the rows"),
-    ]
-    labels = setting(cfg, "labels", None)
-    if labels:
-        suite.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[str(v) for v in labels],
-                                                     description="only the configured labels"))
-    return suite
+    ] + label_set_expectations(cfg)

@@ -6,9 +6,9 @@ files: `label_conflict` (same content filed under another label too), `class_cou
 `class_share` (the row's class as a fraction of all rows) and, here, `image_shape` ("HxW").
 
 `cfg` (dict, every key optional): image_size (0 = images must share one size, as
-PreprocessConfig), min_per_class (2), min_share_of_fair / max_share_of_fair (0.25 / 4.0:
-a class may hold between a quarter and four times its equal share), min_image_side (1),
-max_image_side (4096).
+PreprocessConfig), labels (the expected class names; default any), min_per_class (2),
+min_share_of_fair / max_share_of_fair (0.25 / 4.0: a class may hold between a quarter and
+four times its equal share), min_image_side (1), max_image_side (4096).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import dataclasses
 from typing import Any
 
 import pandas as pd
+
+from unified_pipeline.errors import ConfigError
 
 IMAGE_FORMATS = ["PNG", "JPEG", "BMP", "WEBP", "MPO"]  # MPO: JPEG from cameras with a preview frame
 SHA256_REGEX = r"^[0-9a-f]{64}$"
@@ -43,6 +45,25 @@ def prepare_labels(manifest: pd.DataFrame) -> pd.DataFrame:
     df["class_count"] = counts.fillna(0).astype("int64")
     df["class_share"] = (df["class_count"] / max(len(df), 1)).astype("float64")
     return df
+
+
+def label_set_expectations(cfg: Any) -> list:
+    """With `labels` set: every row's label is one of them (offending rows named) and each occurs."""
+    import great_expectations.expectations as gxe
+
+    labels = setting(cfg, "labels", None)
+    if labels is None or (isinstance(labels, (list, tuple)) and not labels):
+        return []
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                        for v in labels):
+        raise ConfigError(f"labels: expected a list of class names, got {labels!r}")
+    expected = sorted({str(v) for v in labels})
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=expected,
+                                        description=f"only the configured labels {expected}"),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=expected,
+                                                   description="every configured label occurs"),
+    ]
 
 
 def label_expectations(manifest: pd.DataFrame, cfg: Any) -> list:
@@ -78,7 +99,7 @@ def label_expectations(manifest: pd.DataFrame, cfg: Any) -> list:
             column="class_share", min_value=round(low, 6), max_value=round(high, 6),
             description=f"class balance: each class holds {low:.3f}..{high:.3f} of the rows",
         ),
-    ]
+    ] + label_set_expectations(cfg)
 
 
 def prepare(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from typing import Any
 from unified_pipeline.errors import ConfigError
 
 RULES = ("always", "never", "better_or_equal", "strictly_better")
+DEFAULT_RULE = "better_or_equal"
 
 
 def check_rule(rule: str, metric: str | None) -> None:

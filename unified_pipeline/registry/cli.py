@@ -1,4 +1,4 @@
-"""`unified-pipeline models ...`: list, show, compare, promote, rollback, prune, verify, events.
+"""`unified-pipeline models ...`: list, show, compare, promote, rollback, tag, prune, verify, events.
 
 Every sub-command takes `--json` for machine-readable output; errors are PipelineErrors that
 the main CLI prints as one line.
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unified_pipeline.errors import IntegrityError
+from unified_pipeline.errors import ConfigError, IntegrityError
 from unified_pipeline.registry.store import ModelRegistry
 from unified_pipeline.registry.versions import Version
 
@@ -40,6 +40,12 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     s = cmd("rollback", "move production back (default: to the previous production)")
     s.add_argument("model")
     s.add_argument("--to", dest="to", help="vN to make production")
+    s.add_argument("--reason", default="")
+    s = cmd("tag", "set a version's tag (stable, experimental, backup, ...), or remove it with --remove")
+    s.add_argument("model")
+    s.add_argument("ref", help="vN, production or latest")
+    s.add_argument("tag", nargs="?", help="up to 32 letters, digits, '_', '-' or '.'")
+    s.add_argument("--remove", action="store_true", help="clear the version's tag")
     s.add_argument("--reason", default="")
     s = cmd("prune", "delete old versions; keeps the newest N and every version that was production")
     s.add_argument("model")
@@ -106,6 +112,14 @@ def _cmd_verify(reg: ModelRegistry, args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
+def _cmd_tag(reg: ModelRegistry, args: argparse.Namespace) -> int:
+    if args.remove == (args.tag is not None):
+        raise ConfigError("models tag: give either a TAG or --remove, not both or neither")
+    v = reg.tag(args.model, args.ref, None if args.remove else args.tag, reason=args.reason)
+    _emit(args, v.to_dict(), f"{v.name}: tag removed" if v.tag is None else f"{v.name}: tagged {v.tag}")
+    return 0
+
+
 def run_models_command(args: argparse.Namespace) -> int:
     reg = ModelRegistry(getattr(args, "root", None))
     command = args.models_command
@@ -113,6 +127,8 @@ def run_models_command(args: argparse.Namespace) -> int:
         return _cmd_list(reg, args)
     if command == "verify":
         return _cmd_verify(reg, args)
+    if command == "tag":
+        return _cmd_tag(reg, args)
     if command == "show":
         v = reg.get(args.model, args.ref)
         _emit(args, v.to_dict(), reg.card(args.model, v.number))

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline import atomic
-from unified_pipeline.errors import ConfigError, IntegrityError
+from unified_pipeline.errors import ConfigError, IntegrityError, PipelineError
 from unified_pipeline.hashing import list_files, sha256_bytes, sha256_file
 from unified_pipeline.paths import NameError_, check_name, unified_home
 from unified_pipeline.registry import aliases as rules
@@ -36,8 +35,9 @@ from unified_pipeline.registry.compare import Comparison, compare_versions
 from unified_pipeline.registry.index import (
     VERSION_FILE, append_event, read_events, read_index, write_index,
 )
+from unified_pipeline.registry.integrity import check_files
 from unified_pipeline.registry.locking import model_lock
-from unified_pipeline.registry.retention import PruneReport, plan_prune
+from unified_pipeline.registry.retention import PruneReport, check_keep, plan_prune, remove_versions
 from unified_pipeline.registry.versions import (
     RegistryError, Version, check_lineage, parse_ref, split_name, version_name,
 )
@@ -54,17 +54,21 @@ class RegisterResult:
     promoted: bool
     reason: str  # why it was (not) promoted, e.g. "test accuracy 0.951 < production v3 0.962"
     previous_production: str | None = None
+    pruned: PruneReport | None = None  # the automatic prune after registering (keep_versions)
+    prune_error: str | None = None  # that prune failed; the version itself is registered
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version.to_dict(), "promoted": self.promoted, "reason": self.reason,
-                "previous_production": self.previous_production}
+                "previous_production": self.previous_production,
+                "pruned": None if self.pruned is None else self.pruned.to_dict(), "prune_error": self.prune_error}
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _who(who: str | None) -> str:
+def resolve_who(who: str | None) -> str:
+    """`who` when given, else the OS user the process runs as."""
     if who:
         return who
     try:
@@ -168,13 +172,17 @@ class ModelRegistry:
         metrics: dict[str, Any] | None = None,
         fingerprint: str | None = None,
         tag: str | None = None,
-        promote_rule: str = "better_or_equal",
+        promote_rule: str = rules.DEFAULT_RULE,
         metric: str | None = None,
         higher_is_better: bool = True,
         reason: str = "",
         who: str | None = None,
+        keep_versions: int | None = None,
     ) -> RegisterResult:
-        """Copy `source` (a finished model folder) into the next immutable version `model/vN`."""
+        """Copy `source` (a finished model folder) into the next immutable version `model/vN`.
+
+        With `keep_versions`, old versions are pruned afterwards as `prune(keep=keep_versions)` would.
+        """
         mdir = self._mdir(model)
         source = Path(source)
         if not source.is_dir():
@@ -195,8 +203,9 @@ class ModelRegistry:
             raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
         check_lineage(lineage)
         rules.check_rule(promote_rule, metric)
+        check_keep(keep_versions, "keep_versions", allow_none=True)
         _check_tag(tag)
-        who = _who(who)
+        who = resolve_who(who)
         delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
 
         with model_lock(mdir):
@@ -247,11 +256,18 @@ class ModelRegistry:
                                     "to": name, "reason": reason or why})
             version = self._load(model, index, number)
         previous = None if prod is None else version_name(model, int(prod))
-        return RegisterResult(version=version, promoted=promoted, reason=why, previous_production=previous)
+        result = RegisterResult(version=version, promoted=promoted, reason=why, previous_production=previous)
+        if keep_versions is not None:
+            # The new version is already durable: a failed clean-up must not turn it into a failed run.
+            try:
+                result.pruned = self.prune(model, keep=keep_versions, who=who)
+            except (PipelineError, OSError) as exc:
+                result.prune_error = f"automatic prune (keep_versions={keep_versions}) failed: {exc}"
+        return result
 
     def promote(self, model: str, ref: str | int, reason: str = "", who: str | None = None) -> Version:
         """Point `production` at a version by hand."""
-        mdir, who = self._mdir(model), _who(who)
+        mdir, who = self._mdir(model), resolve_who(who)
         with model_lock(mdir):
             index = self._index(model)
             number = self._number(model, index, ref)
@@ -268,7 +284,7 @@ class ModelRegistry:
 
     def rollback(self, model: str, to: str | int | None = None, reason: str = "", who: str | None = None) -> Version:
         """Move `production` back: to `to`, or by default to the production before the current one."""
-        mdir, who = self._mdir(model), _who(who)
+        mdir, who = self._mdir(model), resolve_who(who)
         with model_lock(mdir):
             index = self._index(model)
             current = index["aliases"].get("production")
@@ -296,7 +312,7 @@ class ModelRegistry:
     def tag(self, model: str, ref: str | int, tag: str | None, reason: str = "", who: str | None = None) -> Version:
         """Set or clear a version's tag (stable, experimental, backup, ...); files stay untouched."""
         _check_tag(tag)
-        mdir, who = self._mdir(model), _who(who)
+        mdir, who = self._mdir(model), resolve_who(who)
         with model_lock(mdir):
             index = self._index(model)
             number = self._number(model, index, ref)
@@ -309,9 +325,8 @@ class ModelRegistry:
 
     def prune(self, model: str, keep: int = 5, dry_run: bool = False, who: str | None = None) -> PruneReport:
         """Delete old versions, keeping the newest `keep` and every version that ever held an alias."""
-        if not isinstance(keep, int) or keep < 1:
-            raise ConfigError(f"prune keep must be an integer >= 1, got {keep!r}")
-        mdir, who = self._mdir(model), _who(who)
+        check_keep(keep)
+        mdir, who = self._mdir(model), resolve_who(who)
         with model_lock(mdir):
             index = self._index(model)
             report = plan_prune(model, index, keep)
@@ -319,16 +334,7 @@ class ModelRegistry:
             report.freed_bytes = sum(self._load(model, index, int(split_name(n)[1][1:])).size for n in report.removed)
             if dry_run or not report.removed:
                 return report
-            for name in report.removed:
-                number = split_name(name)[1][1:]
-                del index["versions"][number]
-                index["tags"].pop(number, None)
-            write_index(mdir, index)  # from here the versions are gone; folders follow
-            for name in report.removed:
-                folder = mdir / split_name(name)[1]
-                trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=mdir))
-                os.rename(folder, trash / folder.name)
-                shutil.rmtree(trash, ignore_errors=True)
+            remove_versions(mdir, index, report.removed)
             append_event(mdir, {"event": "prune", "at": _now(), "who": who, "removed": report.removed,
                                 "kept": report.kept, "keep": keep, "freed_bytes": report.freed_bytes})
             return report
@@ -371,19 +377,7 @@ class ModelRegistry:
         """Check every file's sha256 and that no file was added or removed; IntegrityError otherwise."""
         v = model if isinstance(model, Version) else self.get(model, ref)
         v = self.get(v.model, v.number)  # re-read the record: it is checked against the index
-        present = {p.relative_to(v.path).as_posix() for p in v.path.rglob("*") if p.is_file()} - {VERSION_FILE}
-        missing = sorted(set(v.files) - present)
-        if missing:
-            raise IntegrityError(f"{v.name}: file {v.path / missing[0]} is missing")
-        extra = sorted(present - set(v.files))
-        if extra:
-            raise IntegrityError(f"{v.name}: unexpected file {v.path / extra[0]} (not in the recorded version)")
-        for rel, rec in sorted(v.files.items()):
-            actual = sha256_file(v.path / rel)
-            if actual != rec["sha256"]:
-                raise IntegrityError(
-                    f"{v.name}: {v.path / rel} has sha256 {actual}, recorded {rec['sha256']}; refusing to load"
-                )
+        check_files(v)
         return v
 
     def model_dir(self, model: str, ref: str | int | None = None) -> Path:

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline.errors import ConfigError, PipelineError
+from unified_pipeline.hashing import sha256_file
 
 ALIASES = ("production", "latest")
 # Keys a version's lineage must carry so that "what produced this model" is always answerable.
 REQUIRED_LINEAGE = ("data_versions", "code_version", "hparams")
-# Documented optional keys: scenario/preset, parent ("model/vN" when warm-started), warm_start
-# (see registry/incremental.py), upstream, run_id (Dagster run), seed, device, wall_time_s.
+# Documented optional keys: scenario, preset ({name, version, sha256} of the preset file, see
+# preset_lineage), parent ("model/vN" when warm-started), warm_start (see registry/incremental.py),
+# upstream, run_id (Dagster run), seed, device, wall_time_s.
 _REF_RE = re.compile(r"^v?(\d+)$")
 
 
@@ -80,3 +82,12 @@ def check_lineage(lineage: Any) -> dict[str, Any]:
     if parent is not None and not isinstance(parent, str):
         raise ConfigError(f"lineage field 'parent' must be 'model/vN' or None, got {parent!r}")
     return lineage
+
+
+def preset_lineage(name: str, version: str, path: str | Path) -> dict[str, str]:
+    """Which preset produced a version: its name and version, and the sha256 of the file as read."""
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read preset file to hash it ({exc.strerror or exc})") from exc
+    return {"name": name, "version": version, "path": str(path), "sha256": digest}

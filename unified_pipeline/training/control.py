@@ -4,7 +4,8 @@ A writer (CLI, UI, a person) calls `write_command(path, lr=1e-4)`, `write_comman
 `write_command(path, pause=False)` or `write_command(path, stop=True)`. The trainer polls the file
 at step boundaries with one stat() and claims it by renaming it away before reading, so a command
 written while another is being read is never lost or applied twice, and a stale command cannot
-leak into a later run.
+leak into a later run: a command already waiting when a training step starts is dropped by
+`drop_stale` (the model was not training when it was written).
 """
 from __future__ import annotations
 
@@ -75,3 +76,20 @@ class ControlPoller:
                 claimed.unlink()
             except OSError:
                 pass
+
+
+def drop_stale(path: str | Path, started: float) -> dict[str, Any] | None:
+    """Remove a command written before `started`; returns it (for the log) or None."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    written = raw.get("written_at") if isinstance(raw, dict) else None
+    if isinstance(written, (int, float)) and written < started:
+        try:
+            path.unlink()
+        except OSError:
+            return None
+        return raw
+    return None
