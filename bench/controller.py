@@ -35,10 +35,16 @@ def run() -> list[dict]:
 
     torch.set_num_threads(1)
     bundles = {ds: TensorBundle.load(_latest(ds)) for ds in DATASETS}
-    # The preset's training configuration, as the pipeline passes it to the controller step.
+    # The preset's settings, as the pipeline passes them to the controller step.
     from unified_pipeline.presets import load_preset
 
-    hparams = load_preset().hparams("adaptive_learning_training", "adaptive_learning_controller")
+    from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS
+
+    preset, scenario = load_preset(), "collaborative_training"
+    hparams = preset.hparams(scenario, "adaptive_learning_controller")
+    # As the pipeline does: each lane starts from that model's own resolved preset.
+    hparams["advised_presets"] = {m: {k: v for k, v in preset.hparams(scenario, m).items()
+                                      if k not in NON_SEMANTIC_HPARAMS} for m in alc.CONTROLLED}
     with tempfile.TemporaryDirectory() as tmp:
         job = FitJob("adaptive_learning_controller", bundles, {}, hparams, "cpu", Path(tmp) / "ckpt",
                      Path(tmp) / "out", seed=0, log=logging.getLogger("bench.controller"))

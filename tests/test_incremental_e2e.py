@@ -19,6 +19,9 @@ def setup(home, tmp_path, monkeypatch):
     preset["training_scenarios"]["collaborative_training"].update(epochs=2, batch_size=8)
     for m in MODELS:
         preset["model_specific_presets"][m] = {"batch_size": 8}
+    # The controller advises these models, so it runs first; a one-trial study keeps the test fast.
+    preset["model_specific_presets"]["adaptive_learning_controller"] = {
+        "budget_epochs": 1, "study_epochs": 1, "max_train_samples": 16, "max_val_samples": 8}
     path = tmp_path / "preset.json"
     path.write_text(json.dumps(preset))
     monkeypatch.setenv("UNIFIED_PRESET", str(path))
@@ -50,6 +53,9 @@ def test_second_run_reuses_and_one_file_change_retrains_only_its_lane(setup):
         first = run(instance)
         assert all(status(first, m) == "trained" for m in MODELS)
         assert all(first[m]["version"].value == f"{m}/v1" for m in MODELS)
+        # The controller ran first and its strategy reached every model it advises.
+        assert status(first, "adaptive_learning_controller") == "trained"
+        assert all(first[m]["strategy"].value["source"] == "adaptive_learning_controller/v1" for m in MODELS)
 
         second = run(instance)
         assert all(status(second, m) == "up to date (reused)" for m in MODELS)
@@ -63,6 +69,8 @@ def test_second_run_reuses_and_one_file_change_retrains_only_its_lane(setup):
         assert status(third, "audio_service") == "trained" and third["audio_service"]["version"].value == "audio_service/v2"
         assert status(third, "vision_service") == "up to date (reused)"
         assert status(third, "text_service") == "up to date (reused)"
+        # The controller reads audio too, so it retrains; its new advice alone retrains nothing.
+        assert status(third, "adaptive_learning_controller") == "trained"
 
 
 def test_changed_learning_rate_retrains_only_that_model(setup, tmp_path, monkeypatch):
