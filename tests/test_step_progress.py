@@ -118,3 +118,29 @@ def test_sample_data_reports_each_kind(home, clock, tmp_path):
     written = write_sample_data(tmp_path / "raw2", kinds=["text"], log=lines.append, bar=False)
     assert [p.name for p in written] == ["langid"]
     assert lines[0].startswith("  text: langid in") and lines[-1].startswith("sample data: finished 1/1 kinds")
+
+
+def test_decoding_loops_report_to_the_step_log(tmp_path, monkeypatch):
+    """Vision and audio lanes hand their per-file loops to the progress helper with the step's log."""
+    import tiny_data
+    from unified_pipeline.assets import data_assets
+    from unified_pipeline.datasets import DatasetRef
+    from unified_pipeline.datasets import audio, vision
+
+    seen = []
+
+    def spy(items, desc, **kw):
+        seen.append((desc, kw.get("log")))
+        return iter(list(items))
+
+    monkeypatch.setattr(vision, "track", spy)
+    monkeypatch.setattr(audio, "track", spy)
+    monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
+    log = object()
+    for kind, make in (("vision", tiny_data.vision), ("audio", tiny_data.audio)):
+        root = make(tmp_path / "raw")
+        ref = DatasetRef(root.name, kind, root)
+        version, _, path = data_assets.build_manifest(ref, {}, log=log)
+        data_assets.build_tensors(ref, path, version, {}, log=log)
+    assert [d.split()[0] for d, _ in seen] == ["reading", "decoding", "reading", "decoding"]
+    assert all(lg is log for _, lg in seen)

@@ -8,7 +8,6 @@ import os
 import warnings
 
 from dagster import (
-    AssetKey,
     AssetSelection,
     Definitions,
     define_asset_job,

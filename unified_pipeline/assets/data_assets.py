@@ -56,9 +56,9 @@ def hash_cache() -> HashCache:
     return HashCache(unified_home() / "cache" / "file_hashes.sqlite")
 
 
-def preprocess_config(settings: dict[str, Any]) -> PreprocessConfig:
-    known = {f.name for f in fields(PreprocessConfig)}
-    cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known})
+def preprocess_config(settings: dict[str, Any], log: Any = None) -> PreprocessConfig:
+    known = {f.name for f in fields(PreprocessConfig)} - {"log"}
+    cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known}, log=log)
     cfg.extra.update({k: v for k, v in settings.items() if k not in known})
     return cfg
 
@@ -85,20 +85,21 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
     """
     version, file_hashes = dataset_version(ref.root, hash_cache(), log=log)
     samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
-    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, preprocess_config(settings or {}))
+    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, preprocess_config(settings or {}, log))
     path = manifest_path(ref.name, version)
     atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
     return version, manifest, path
 
 
-def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: dict[str, Any]) -> tuple[Path, bool]:
+def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: dict[str, Any],
+                  log: Any = None) -> tuple[Path, bool]:
     """Write the dataset's tensors once per (data version, preprocessing settings); returns (folder, reused)."""
     settings_digest = combine([json.dumps(settings, sort_keys=True), code_version(KIND_MODULES[ref.kind])])[:12]
     out = unified_home() / "tensors" / ref.name / f"{version[:16]}-{settings_digest}"
     if (out / META_FILE).exists():
         return out, True
     kind = get_kind(ref.kind)
-    bundle = kind.build_tensors(ref.root, read_manifest(manifest_file), preprocess_config(settings))
+    bundle = kind.build_tensors(ref.root, read_manifest(manifest_file), preprocess_config(settings, log))
     bundle.meta.setdefault("dataset", ref.name)
     bundle.meta.setdefault("kind", ref.kind)
     bundle.meta["data_version"] = version
@@ -183,7 +184,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
     )
     def tensors(context, manifest: dict) -> Output:
         folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"],
-                                       lane_settings(ref, settings))
+                                       lane_settings(ref, settings), log=context.log)
         meta = json.loads((folder / META_FILE).read_text())
         value = {"dataset": ref.name, "kind": ref.kind, "data_version": manifest["data_version"], "path": str(folder)}
         return Output(

@@ -19,6 +19,7 @@ from unified_pipeline.datasets.vision import (
     base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.step_progress import track
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = [
@@ -105,7 +106,8 @@ class AudioKind:
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows = []
-        for rel in scan_class_folders(root, file_hashes, AUDIO_EXTENSIONS, "clip"):
+        rels = scan_class_folders(root, file_hashes, AUDIO_EXTENSIONS, "clip")
+        for rel in track(rels, f"reading {root.name}", log=(cfg or PreprocessConfig()).log, unit="clip"):
             row = base_row(root, rel, file_hashes[rel])
             row.update({c: None for c in MANIFEST_COLUMNS[8:]})
             row.update(read_clip_facts(root / rel))
@@ -136,7 +138,8 @@ class AudioKind:
         waves = torch.zeros(len(manifest), max_samples)
         lengths = torch.zeros(len(manifest), dtype=torch.int64)
         resamplers: dict = {}
-        for i, rel in enumerate(manifest["path"]):
+        paths = track(manifest["path"], f"decoding {root.name}", total=len(manifest), log=cfg.log, unit="clip")
+        for i, rel in enumerate(paths):
             wave = load_clip(sample_path(root, rel), cfg.sample_rate, max_samples, resamplers)
             waves[i, : wave.shape[0]] = wave
             lengths[i] = valid_frames(int(wave.shape[0]), settings["hop_length"])

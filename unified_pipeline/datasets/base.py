@@ -33,6 +33,8 @@ class PreprocessConfig:
     max_audio_seconds: float = 1.5
     max_text_len: int = 64
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where per-file progress goes (a Dagster context.log or a logger); not a preprocessing knob.
+    log: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.step_progress import track
 from unified_pipeline.paths import inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -151,7 +152,8 @@ class VisionKind:
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         root = Path(root)
         rows = []
-        for rel in scan_class_folders(root, file_hashes, IMAGE_EXTENSIONS, "image"):
+        rels = scan_class_folders(root, file_hashes, IMAGE_EXTENSIONS, "image")
+        for rel in track(rels, f"reading {root.name}", log=(cfg or PreprocessConfig()).log, unit="image"):
             row = base_row(root, rel, file_hashes[rel])
             row.update({"width": None, "height": None, "channels": None, "mode": None, "format": None})
             row.update(read_image_facts(root / rel))
@@ -174,7 +176,8 @@ class VisionKind:
         size = self._target_size(root, manifest, cfg)
         classes = sorted(manifest["label"].unique())
         index = {c: i for i, c in enumerate(classes)}
-        images = np.stack([load_image(sample_path(root, rel), mode, size) for rel in manifest["path"]])
+        paths = track(manifest["path"], f"decoding {root.name}", total=len(manifest), log=cfg.log, unit="image")
+        images = np.stack([load_image(sample_path(root, rel), mode, size) for rel in paths])
         x = torch.from_numpy(images).float().div_(255.0)
         y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
         splits = assign_splits(manifest, cfg)

@@ -11,11 +11,11 @@ counterfactual one answers what Y would have been in that observed unit under do
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from unified_pipeline.errors import ConfigError
+from unified_pipeline.models import query_input
 from unified_pipeline.models.base import BaseModel
 from unified_pipeline.models.causal_reasoning import CausalReasoningEngine, counterfactual, intervene
 
@@ -37,13 +37,7 @@ def _resolve(name: str, cols: list[str], dataset: str, query: str) -> str:
 def _assignments(text: str, cols: list[str], dataset: str, query: str, what: str) -> dict[str, float]:
     text = text.strip()
     if text.startswith("{"):
-        try:
-            pairs = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{query!r}: {what} is not valid JSON: {exc}") from exc
-        if not isinstance(pairs, dict):
-            raise ConfigError(f"{query!r}: {what} must be a JSON object of variable: value")
-        items = list(pairs.items())
+        items = list(query_input.json_object(text, f"{query!r}: {what} (variable: value)").items())
     else:
         items = []
         for part in filter(None, (p.strip() for p in text.split(","))):

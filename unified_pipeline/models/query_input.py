@@ -19,7 +19,7 @@ def json_items(inputs: list[str], what: str) -> list[tuple[str, dict]]:
     for text in inputs:
         stripped = text.strip()
         if stripped.startswith("{"):
-            items.append((text, _object(stripped, f"{what}: inline input")))
+            items.append((text, json_object(stripped, f"{what}: inline input")))
             continue
         path = Path(stripped)
         if not path.is_file():
@@ -32,9 +32,9 @@ def json_items(inputs: list[str], what: str) -> list[tuple[str, dict]]:
             lines = [(n, line) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
             if not lines:
                 raise ConfigError(f"{what}: {path} holds no records")
-            items.extend((f"{path}:{n}", _object(line, f"{what}: {path}: line {n}")) for n, line in lines)
+            items.extend((f"{path}:{n}", json_object(line, f"{what}: {path}: line {n}")) for n, line in lines)
         else:
-            items.append((str(path), _object(content, f"{what}: {path}")))
+            items.append((str(path), json_object(content, f"{what}: {path}")))
     return unique_names(items)
 
 
@@ -43,7 +43,7 @@ def short(name: str, limit: int = 60) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
-def _object(text: str, where: str) -> dict:
+def json_object(text: str, where: str) -> dict:
     try:
         obj = json.loads(text)
     except ValueError as exc:
