@@ -230,7 +230,9 @@ def study_model(lane: _Lane, hp: dict[str, Any], log) -> tuple[dict[str, Any], d
     study = optuna.create_study(
         direction="maximize", study_name=lane.name,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        # No pruning in the first half of the budget: a faster-learning strategy often starts
+        # behind (warm-up, smaller batches) and would be cut before it overtakes.
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, int(hp["budget_epochs"]) // 2)),
     )
     preset_patience = int(lane.preset.get("early_stopping_patience", 0))
     study.enqueue_trial({"lr_multiplier": 1.0, "batch_size": int(lane.preset["batch_size"]),
