@@ -23,7 +23,18 @@ def machine() -> str:
         gpu = f", GPU: {out.splitlines()[0]}" if out else ""
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}"
+    return f"{_cpu_model()}, {os.cpu_count()} cores{gpu}"
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name (platform.processor() is often empty or just the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def save(section: str, rows: list[dict], notes: str = "") -> Path:
