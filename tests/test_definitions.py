@@ -75,3 +75,31 @@ def test_schedule_runs_main_job(raw):
         data = schedule.evaluate_tick(build_schedule_context(instance=instance))
     assert data.run_requests and isinstance(data.run_requests[0], RunRequest)
     assert schedule.job_name == "collaborative_training"
+
+
+def test_scenario_naming_an_unknown_dataset_fails_listing_the_valid_ones(raw, tmp_path, monkeypatch):
+    import json
+
+    from unified_pipeline.errors import ConfigError
+
+    preset = json.loads(open("presets/training_preset.json").read())
+    preset["training_scenarios"]["vision_focus"]["datasets"] = ["tiny_imgs"]
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(path))
+    with pytest.raises(ConfigError, match=r"vision_focus.*tiny_imgs.*tiny_images"):
+        build()
+
+
+def test_scenario_jobs_hold_their_models_and_what_they_need_but_not_advisors(raw):
+    defs = build()
+
+    def models_in(job):
+        nodes = defs.resolve_job_def(job).nodes_in_topological_order
+        return {n.name for n in nodes if "__" not in n.name and n.name != "training_summary"}
+
+    assert models_in("vision_focus") == {"vision_service"}
+    assert {"multimodal_service", "vision_service", "audio_service"} <= models_in("concept_models_training")
+    assert "adaptive_learning_controller" in models_in("collaborative_training")
+    advisors = {k.to_user_string() for k in defs.resolve_asset_graph().get(AssetKey(["vision_service"])).parent_keys}
+    assert "adaptive_learning_controller" in advisors

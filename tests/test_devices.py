@@ -65,3 +65,24 @@ def test_parallel_processes_respect_per_gpu_slot_limit(tmp_path):
         busy[dev] = busy.get(dev, 0) + (1 if kind == "start" else -1)
         assert busy[dev] <= 1, f"{dev} had two steps at once"
     assert {dev for _, dev, _ in events} == {"cuda:0", "cuda:1"}
+
+
+def test_slots_per_gpu_come_from_the_preset_unless_the_environment_says(monkeypatch, tmp_path):
+    import json
+
+    preset = json.loads(open("presets/training_preset.json").read())
+    preset["hardware_configuration"]["slots_per_gpu"] = 2
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(path))
+    monkeypatch.setenv("UNIFIED_GPUS", "3")
+    monkeypatch.delenv("UNIFIED_SLOTS_PER_GPU", raising=False)
+    devices.gpu_count.cache_clear()
+    devices._preset_slots_per_gpu.cache_clear()
+    try:
+        assert devices.total_slots() == 6
+        monkeypatch.setenv("UNIFIED_SLOTS_PER_GPU", "1")
+        assert devices.total_slots() == 3
+    finally:
+        devices.gpu_count.cache_clear()
+        devices._preset_slots_per_gpu.cache_clear()

@@ -81,8 +81,8 @@ def build_definitions() -> Definitions:
         names = [m for m in preset.available_models_for(scenario) if m in models]
         if not names:
             continue
-        wanted_ds = preset.scenario(scenario).datasets
-        if ALL_DATASETS not in wanted_ds:
+        wanted_ds = preset.datasets_for(scenario, [r.name for r in refs])  # unknown names: ConfigError listing valid ones
+        if ALL_DATASETS not in preset.scenario(scenario).datasets:
             # Restrict to the scenario's datasets: models reading others are left out of the job.
             names = [m for m in names if set(models[m]) <= set(wanted_ds)]
         selection = _with_requirements(names, models)

@@ -42,7 +42,18 @@ def gpu_count() -> int:
 
 
 def slots_per_gpu() -> int:
-    return max(1, int(os.environ.get("UNIFIED_SLOTS_PER_GPU", "4")))
+    """`UNIFIED_SLOTS_PER_GPU`, else the preset's hardware_configuration.slots_per_gpu."""
+    env = os.environ.get("UNIFIED_SLOTS_PER_GPU")
+    if env is not None and env.strip() != "":
+        return max(1, int(env))
+    return _preset_slots_per_gpu()
+
+
+@lru_cache(maxsize=1)
+def _preset_slots_per_gpu() -> int:
+    from unified_pipeline.presets import load_preset
+
+    return load_preset().hardware_configuration.slots_per_gpu
 
 
 def cpu_slots() -> int:

@@ -1,7 +1,7 @@
 """One asset per registered model, generated from models/registry.py."""
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -40,6 +40,28 @@ class TrainConfig(Config):
     force_retrain: bool = False
     threshold: Optional[float] = None
     preset_path: str = ""
+    # Any other hyperparameter of the model or the trainer (dropout, widths, promotion_rule, ...).
+    hparams: Dict[str, Any] = {}
+
+NAMED_OVERRIDES = ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
+
+
+def run_config_overrides(config: TrainConfig, entry: ModelEntry, preset_hparams: dict[str, Any]) -> dict[str, Any]:
+    """The run config's values; a key that neither the preset, the model nor the trainer knows is refused."""
+    import dataclasses
+    import importlib
+
+    from unified_pipeline.errors import ConfigError
+    from unified_pipeline.training.trainer_config import ALIASES, TrainerConfig
+
+    known = (set(preset_hparams) | set(getattr(importlib.import_module(entry.module), "DEFAULTS", {}))
+             | {f.name for f in dataclasses.fields(TrainerConfig)} | set(ALIASES))
+    unknown = sorted(set(config.hparams) - known)
+    if unknown:
+        raise ConfigError(f"{entry.name}: run config hparams {unknown} are not settings of this model; "
+                          f"valid: {sorted(known)}")
+    named = {k: getattr(config, k) for k in NAMED_OVERRIDES if getattr(config, k) is not None}
+    return {**config.hparams, **named}
 
 
 def quality_verdict(entry: ModelEntry, metrics: dict, threshold: float) -> tuple[bool, dict]:
@@ -99,11 +121,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         if not config.scenario and entry.name not in preset.available_models_for(scenario):
             # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
             scenario = DEFAULT_SCENARIO
-        overrides = {
-            k: getattr(config, k)
-            for k in ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
-            if getattr(config, k) is not None
-        }
+        overrides = run_config_overrides(config, entry, preset.hparams(scenario, entry.name))
         hparams = preset.hparams(scenario, entry.name, overrides)
         if advised:
             hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
