@@ -20,7 +20,7 @@ def run_data(defs, instance, raise_on_error=True):
     assets = {id(a): a for a in lane_assets(defs)}.values()
     return materialize(
         list(assets),
-        selection=AssetSelection.all() - AssetSelection.groups("models"),
+        selection=AssetSelection.all(),  # lane_assets holds data assets only
         instance=instance,
         resources={"io_manager": JsonIOManager()},
         raise_on_error=raise_on_error,

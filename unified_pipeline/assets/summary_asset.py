@@ -100,7 +100,7 @@ def summary_asset(model_names: list[str]):
     @asset(
         key=SUMMARY_KEY,
         ins={f"m_{m}": AssetIn(AssetKey([m])) for m in model_names},
-        group_name="models",
+        group_name="reports",
         kinds={"json"},
         description="Every model of the run: version, headline metric, trained or reused, wall time, device. "
                     "Also writes results/<run_id>.json and a Markdown report.",

@@ -73,14 +73,14 @@ PRESET_KEYS = ("learning_rate", "batch_size", "weight_decay", "warmup_epochs", "
 
 DEFAULTS: dict[str, Any] = {
     "budget_epochs": 6,  # epochs per training run: every trial, the preset and the chosen strategy
-    "study_epochs": 24,  # total epochs one model's study may spend (pruned trials spend fewer)
+    "study_epochs": 30,  # total epochs one model's study may spend (pruned trials spend fewer)
     "max_train_samples": 1024,  # seeded subsample of each train split, to fit the study on a CPU
     "max_val_samples": 600,  # subsample the study validates on; the final check uses the whole split
     "lr_multiplier_min": 0.25,
     "lr_multiplier_max": 4.0,
     "batch_sizes": [16, 32, 64, 128],
     "patience_choices": [0, 1, 2, 3],
-    "warm_start_trials": 3,
+    "warm_start_trials": 2,  # history records tried first; the rest of the budget explores
 }
 
 
@@ -238,9 +238,11 @@ def study_model(lane: _Lane, hp: dict[str, Any], log) -> tuple[dict[str, Any], d
     study.enqueue_trial({"lr_multiplier": 1.0, "batch_size": int(lane.preset["batch_size"]),
                          "early_stopping_patience": preset_patience if preset_patience in patience else 0})
     records = history_records(lane.name, float(lane.preset["learning_rate"]), hp, log)
-    warm, seen = [], set()
+    # A record that repeats the preset's rate and batch (patience aside) would spend the budget on
+    # a trial the study already has.
+    warm, seen = [], {(1.0, int(lane.preset["batch_size"]))}
     for r in records:
-        key = (r["lr_multiplier"], r["batch_size"], r["early_stopping_patience"])
+        key = (r["lr_multiplier"], r["batch_size"])
         if key in seen or len(warm) >= int(hp["warm_start_trials"]):
             continue
         seen.add(key)
