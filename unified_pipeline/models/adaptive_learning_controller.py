@@ -74,7 +74,7 @@ PRESET_KEYS = ("learning_rate", "batch_size", "weight_decay", "warmup_epochs", "
 DEFAULTS: dict[str, Any] = {
     "budget_epochs": 6,  # epochs per training run: every trial, the preset and the chosen strategy
     "study_epochs": 30,  # total epochs one model's study may spend (pruned trials spend fewer)
-    "max_train_samples": 1024,  # seeded subsample of each train split, to fit the study on a CPU
+    "max_train_samples": 768,  # seeded subsample of each train split, to fit the study on a CPU
     "max_val_samples": 600,  # subsample the study validates on; the final check uses the whole split
     "lr_multiplier_min": 0.25,
     "lr_multiplier_max": 4.0,
