@@ -28,11 +28,11 @@ def _cmd_sample_data(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from unified_pipeline.datasets import discover, undetected
+    from unified_pipeline.datasets import scan
     from unified_pipeline.hashing import list_files
     from unified_pipeline.quality_status import latest_verdicts
 
-    refs = discover()
+    refs, problems = scan()  # one pass over the raw root for both lists
     verdicts = latest_verdicts([ref.name for ref in refs])
     rows = []
     for ref in refs:
@@ -40,7 +40,7 @@ def _cmd_data(args) -> int:
         rows.append({"dataset": ref.name, "kind": ref.kind, "files": len(files),
                      "bytes": sum(f.stat().st_size for f in files), "path": str(ref.root),
                      "validation": verdicts[ref.name]})
-    bad = undetected()
+    bad = {folder.name: why for folder, why in problems.items()}
     if args.json:
         print(json.dumps({"datasets": rows, "not_recognised": bad}, indent=2))
         return 0

@@ -30,6 +30,7 @@ from unified_pipeline.hashing import combine
 from unified_pipeline.models.registry import MODELS, ModelEntry
 from unified_pipeline.paths import unified_home
 from unified_pipeline.progress import ProgressWriter
+from unified_pipeline.training.trainer_config import as_flag
 
 # Settings that change how a run is carried out, or what happens to its version, but not what it computes.
 NON_SEMANTIC_HPARAMS = {"adaptive_strategy", "checkpoint_interval", "keep_last", "compile", "use_gpu", "precision",
@@ -162,7 +163,7 @@ def _train_or_reuse(
 
     if not force:
         found = registry.find_by_fingerprint(name, fp)
-        if (found is None and production is not None and _flag(hparams.get("warm_start", True))
+        if (found is None and production is not None and as_flag(hparams.get("warm_start", True))
                 and production.lineage.get("base_fingerprint") == base_fp):
             found = production  # fine-tuned on exactly these inputs: nothing changed since
         if found is not None:
@@ -288,10 +289,6 @@ def _advised(name, hparams, advisors, fixed, registry, log):
     elif advisors:
         log.info(f"{name}: preset hyperparameters (no trained {', '.join(advisors)} yet)")
     return hparams, record
-
-
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _production(registry, name: str):

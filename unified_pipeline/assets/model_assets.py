@@ -121,8 +121,9 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         if not config.scenario and entry.name not in preset.available_models_for(scenario):
             # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
             scenario = DEFAULT_SCENARIO
-        overrides = run_config_overrides(config, entry, preset.hparams(scenario, entry.name))
-        hparams = preset.hparams(scenario, entry.name, overrides)
+        preset_hparams = preset.hparams(scenario, entry.name)
+        overrides = run_config_overrides(config, entry, preset_hparams)
+        hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once
         if advised:
             hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
                 m: {k: v for k, v in preset.hparams(scenario, m).items() if k not in NON_SEMANTIC_HPARAMS}

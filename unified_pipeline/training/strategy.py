@@ -21,11 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unified_pipeline.training.trainer_config import as_flag
+
 STRATEGY_KEYS = ("learning_rate", "batch_size", "early_stopping_patience")
-
-
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def apply_advice(
@@ -38,7 +36,7 @@ def apply_advice(
     """
     if not advisors:
         return hparams, {}
-    if not _flag(hparams.get("adaptive_strategy", False)):
+    if not as_flag(hparams.get("adaptive_strategy", False)):
         return hparams, {"used": False, "reason": "adaptive_strategy is off for this scenario"}
     for advisor, (version, folder) in advisors.items():
         path = Path(folder) / "strategy.json"

@@ -78,3 +78,8 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
         return kind(value) if kind else value
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"trainer setting {name!r}: cannot use {value!r} ({exc})") from exc
+
+
+def as_flag(value: Any) -> bool:
+    """A preset or run-config switch: a bool, or a string such as "true", "yes", "on", "1"."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")

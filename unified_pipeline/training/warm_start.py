@@ -20,6 +20,7 @@ from typing import Any
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.paths import unified_home
 from unified_pipeline.registry.incremental import warm_start_decision, warm_start_record
+from unified_pipeline.training.trainer_config import as_flag
 
 # Kinds whose models are plain classifiers trained by fit_classifier on one dataset.
 WARM_KINDS = frozenset({"vision", "audio", "text"})
@@ -62,10 +63,6 @@ class WarmStartPlan:
         return out
 
 
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _fraction(hparams: dict, key: str, default: float) -> float:
     try:
         value = float(hparams.get(key, default))
@@ -104,7 +101,7 @@ def plan_warm_start(entry: Any, tensor_dirs: dict[str, Path], hparams: dict, pro
     def scratch(reason: str, fraction: float = 1.0) -> WarmStartPlan:
         return WarmStartPlan(False, fraction, max_change, reason, candidate=production.name if production else None)
 
-    if not _flag(hparams.get("warm_start", True)):
+    if not as_flag(hparams.get("warm_start", True)):
         return scratch("disabled by hyperparameter warm_start")
     if entry.upstream_models or not set(entry.dataset_kinds) <= WARM_KINDS or len(tensor_dirs) != 1:
         return scratch(f"not applicable to {entry.name} (only single-dataset classifiers of kinds "
