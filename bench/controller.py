@@ -67,7 +67,7 @@ def run() -> list[dict]:
         })
     t = result.metrics["test"]
     notes = (f"Budget {strategy['budget_epochs']} epochs per run, train subsample {strategy['train_subsample']}, "
-             f"study seed {strategy['study_seed']}, check seed {strategy['check_seed']}. "
+             f"study seed {strategy['study_seed']}, check seeds {strategy['check_seeds']} (val and test are means over them). "
              f"Val wins {t['wins_fraction']:.2f} (mean +{t['mean_improvement']:.4f}); "
              f"test-split wins {t['test_split_wins_fraction']:.2f} (mean {t['test_split_mean_improvement']:+.4f}). "
              f"Whole controller fit: {wall:.0f} s, 1 CPU thread.")

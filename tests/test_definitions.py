@@ -64,7 +64,8 @@ def test_sensor_requests_only_changed_lanes(raw):
         changed = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
     assert len(changed.run_requests) == 1
     selected = {k.to_user_string() for k in changed.run_requests[0].asset_selection}
-    assert {"tiny_audio/manifest", "tiny_audio/tensors", "audio_service", "multimodal_service"} <= selected
+    assert {"tiny_audio/manifest", "tiny_audio/tensors", "audio_service", "multimodal_service",
+            "training_summary"} <= selected
     assert not any(s.startswith("tiny_images") or s in ("vision_service", "text_service") for s in selected)
 
 

@@ -28,7 +28,7 @@ def setup(home, tmp_path, monkeypatch):
     return raw
 
 
-def run(instance, selection=None):
+def run(instance, selection=None, summary=False):
     from unified_pipeline.assets.json_io import JsonIOManager
     from unified_pipeline.definitions import build_definitions
 
@@ -37,6 +37,8 @@ def run(instance, selection=None):
     assets = list({id(graph.get(k).assets_def): graph.get(k).assets_def for k in graph.get_all_asset_keys()}.values())
     wanted = AssetSelection.assets(*[AssetKey([m]) for m in MODELS]).upstream() - AssetSelection.assets(
         *[AssetKey([d, "raw_files"]) for d in ("tiny_images", "tiny_audio", "tiny_text")])
+    if summary:
+        wanted = wanted | AssetSelection.assets(AssetKey(["training_summary"]))
     result = materialize(assets, selection=selection or wanted, instance=instance,
                          resources={"io_manager": JsonIOManager()})
     assert result.success
@@ -65,12 +67,30 @@ def test_second_run_reuses_and_one_file_change_retrains_only_its_lane(setup):
         data = bytearray(wav.read_bytes())
         data[-4:] = b"\x10\x00\x20\x00"
         wav.write_bytes(bytes(data))
-        third = run(instance)
+        third = run(instance, summary=True)
         assert status(third, "audio_service") == "trained" and third["audio_service"]["version"].value == "audio_service/v2"
         assert status(third, "vision_service") == "up to date (reused)"
         assert status(third, "text_service") == "up to date (reused)"
         # The controller reads audio too, so it retrains; its new advice alone retrains nothing.
         assert status(third, "adaptive_learning_controller") == "trained"
+
+        # The summary reports every model of the graph, including those this run did not select.
+        summary = third["training_summary"]
+        rows = {r.data["model"]: r.data for r in summary["summary"].value.records}
+        assert rows["audio_service"]["status"] == "trained" and rows["audio_service"]["version"] == "audio_service/v2"
+        assert rows["vision_service"]["status"] == "reused"
+        assert rows["audio_student"]["status"] == "not materialised yet"
+        assert summary["trained"].value == 2 and summary["reused"].value == 2
+        results = json.loads(open(summary["report_path"].value.replace(".md", ".json")).read())
+        assert results["models"]["audio_service"]["metrics"]["test"]["accuracy"] == float(
+            third["audio_service"]["test_accuracy"].value)
+
+        # A later run of only the vision lane lists the others as not part of it.
+        vision_only = AssetSelection.assets(AssetKey(["vision_service"]), AssetKey(["training_summary"]))
+        fourth = run(instance, selection=vision_only)
+        rows = {r.data["model"]: r.data for r in fourth["training_summary"]["summary"].value.records}
+        assert rows["vision_service"]["status"] == "reused"
+        assert rows["audio_service"]["status"].startswith("not in this run (from run ")
 
 
 def test_changed_learning_rate_retrains_only_that_model(setup, tmp_path, monkeypatch):

@@ -2,11 +2,12 @@
 
 Each model: output shapes, save/load round trip with identical outputs, a short fit() that
 clearly beats chance, and predict() on raw files/strings. The multimodal model trains on top
-of the tiny vision and audio models produced here.
+of the tiny vision, audio and text models produced here.
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -115,6 +116,27 @@ def texts(work):
 
 
 @pytest.fixture(scope="module")
+def numbers(work):
+    """Number words 0-2 in every sample language, spelled by num2words, labelled with the digit."""
+    from unified_pipeline.datasets.samples.number_words import number_word_rows
+
+    root = work / "raw" / "numbers"
+    root.mkdir(parents=True)
+    with open(root / "data.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(r for r in number_word_rows() if r[1] in DIGITS)
+    return _bundle("text", root, PreprocessConfig(max_text_len=16))
+
+
+@pytest.fixture(scope="module")
+def text_model(work, numbers):
+    hp = {**FAST, "epochs": 8, "d_model": 16, "n_heads": 2, "n_layers": 1, "ngram_buckets": 256}
+    job = _job(work / "numbers", "text_service", {"numbers": numbers}, hp)  # own folders: the text test keeps its own
+    return text_transformer.fit(job), job.out_dir
+
+
+@pytest.fixture(scope="module")
 def vision_model(work, images):
     bundle, _ = images
     return vision_cnn.fit(_job(work, "vision_service", {"bars": bundle}, dict(FAST))), work / "out" / "vision_service"
@@ -214,33 +236,46 @@ def test_text_fit_beats_chance_and_reports_baseline(work, texts):
     assert [p[0] for p in preds[:2]] == ["left", "right"]
 
 
-def test_make_pairs_balanced_deterministic_and_matched_by_meaning():
+def test_make_tuples_balanced_deterministic_and_matched_by_meaning():
     yv = torch.tensor([0, 1, 2, 0, 1, 2])
     ya = torch.tensor([2, 1, 0, 0])
-    a = multimodal_fusion.make_pairs(yv, list(DIGITS), ya, list(WORDS), 40, seed=3)
-    b = multimodal_fusion.make_pairs(yv, list(DIGITS), ya, list(WORDS), 40, seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    vi, ai, match = a
-    assert int(match.sum()) == 20
-    same = torch.tensor([DIGITS[int(yv[i])] == str(WORDS.index(WORDS[int(ya[j])])) for i, j in zip(vi, ai)])
+    yt = torch.tensor([1, 0, 2, 2, 1])
+    sides = [(yv, list(DIGITS)), (ya, list(WORDS)), (yt, list(DIGITS))]
+    a = multimodal_fusion.make_tuples(sides, 300, seed=3)
+    b = multimodal_fusion.make_tuples(sides, 300, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a[0], b[0])) and torch.equal(a[1], b[1])
+    (vi, ai, ti), match = a
+    assert int(match.sum()) == 150
+    keys = torch.tensor([[int(yv[i]), WORDS.index(WORDS[int(ya[j])]), int(yt[k])] for i, j, k in zip(vi, ai, ti)])
+    same = (keys == keys[:, :1]).all(1)
     assert torch.equal(same.long(), match)
+    # Negatives differ on one side or two, each side sometimes: every side must be read.
+    differs = (keys != keys.mode(1).values[:, None])[match == 0]
+    assert bool(differs.any(0).all())
     with pytest.raises(DatasetError, match="no class shared"):
-        multimodal_fusion.make_pairs(yv, ["cat", "dog", "cow"], ya, list(WORDS), 4, seed=0)
+        multimodal_fusion.make_tuples([(yv, ["cat", "dog", "cow"]), (ya, list(WORDS))], 4, seed=0)
 
 
-def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, vision_model, audio_model):
+def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, numbers, vision_model, audio_model, text_model):
     (vb, files_v), (ab, files_a) = images, clips
-    hp = {**FAST, "epochs": 3, "pairs_train": 240, "pairs_eval": 60}
-    upstream = {"vision_service": vision_model[1], "audio_service": audio_model[1]}
-    job = _job(work, "multimodal_service", {"bars": vb, "tones": ab}, hp, upstream)
+    hp = {**FAST, "epochs": 4, "pairs_train": 600, "pairs_eval": 120}
+    upstream = {"vision_service": vision_model[1], "audio_service": audio_model[1], "text_service": text_model[1]}
+    job = _job(work, "multimodal_service", {"bars": vb, "tones": ab, "numbers": numbers}, hp, upstream)
     result = multimodal_fusion.fit(job)
     assert result.metrics["test"]["accuracy"] >= 0.75  # chance is 1/2
     assert 0.0 <= result.metrics["baseline"]["accuracy"] <= 1.0
     assert result.notes["baseline_name"] == "same architecture from scratch"
+    assert set(result.notes["upstream"]) == {"vision", "audio", "text"}
     model = BaseModel.load(job.out_dir)
     upstream_vision = BaseModel.load(vision_model[1])
     x = vb.split("test")["x"][:3]
     assert torch.allclose(model.vision.encode(x), upstream_vision.encode(x))  # frozen: weights unchanged
-    preds = multimodal_fusion.predict(job.out_dir, [(files_v["1"][0], files_a["one"][0]),
-                                                    (files_v["2"][0], files_a["zero"][0])])
+    inputs = [(files_v["1"][0], files_a["one"][0], "Jeden"),
+              json.dumps({"image": str(files_v["2"][0]), "audio": str(files_a["zero"][0]), "text": "dos"})]
+    preds = multimodal_fusion.predict(job.out_dir, inputs)
     _check_predictions(preds, 2, ["match", "no_match"])
+    with pytest.raises(DatasetError, match="must give image, audio, text"):
+        multimodal_fusion.predict(job.out_dir, [(files_v["1"][0], files_a["one"][0])])
+    # A vision+audio model (no text config) still builds: versions saved before the text side load.
+    two = multimodal_fusion.FusionModel(multimodal_fusion.FusionConfig(vision=model.config.vision, audio=model.config.audio))
+    assert two.sides == ("vision", "audio") and two.embedding_dim == 4 * two.config.fusion_dim

@@ -116,8 +116,8 @@ def test_sample_data_reports_each_kind(home, clock, tmp_path):
 
     lines = []
     written = write_sample_data(tmp_path / "raw2", kinds=["text"], log=lines.append, bar=False)
-    assert [p.name for p in written] == ["langid"]
-    assert lines[0].startswith("  text: langid in") and lines[-1].startswith("sample data: finished 1/1 kinds")
+    assert [p.name for p in written] == ["langid", "number_words"]
+    assert lines[0].startswith("  text: langid, number_words in") and lines[-1].startswith("sample data: finished 1/1 kinds")
 
 
 def test_decoding_loops_report_to_the_step_log(tmp_path, monkeypatch):

@@ -127,3 +127,13 @@ def test_warm_start_end_to_end_lineage_reuse_and_no_promotion_when_worse(home, t
     assert worse.metrics["test"]["accuracy"] < prod.metrics["test"]["accuracy"]
     assert not worse.promoted and prod.name != "audio_service/v3"
     assert worse.promotion_note.startswith("registered, not promoted: test accuracy")
+
+    # A downstream model reads the version its upstream asset produced in the run, promoted or
+    # not; called without one (CLI, Python), it reads the production version.
+    student_hp = {"epochs": 1, "batch_size": 8, "seed": 0, "use_gpu": False}
+    given = train_or_reuse("audio_student", {"tiny_audio": tensors}, student_hp, upstream={"audio_service": worse.version})
+    default = train_or_reuse("audio_student", {"tiny_audio": tensors}, student_hp)
+    registry = ModelRegistry()
+    assert registry.resolve(given.version).lineage["upstream"] == {"audio_service": "audio_service/v3"}
+    assert registry.resolve(default.version).lineage["upstream"] == {"audio_service": prod.name}
+    assert not default.reused and default.fingerprint != given.fingerprint

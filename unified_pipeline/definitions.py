@@ -100,7 +100,7 @@ def build_definitions() -> Definitions:
     schedules, sensors = [], []
     if any(j.name == MAIN_JOB for j in jobs):
         schedules.append(retrain_schedule(MAIN_JOB))
-        sensors.append(new_data_sensor(MAIN_JOB, refs, _readers_by_dataset(models)))
+        sensors.append(new_data_sensor(MAIN_JOB, refs, _readers_by_dataset(models), also=(SUMMARY_KEY,)))
 
     return Definitions(
         assets=data_assets + model_assets,

@@ -132,10 +132,13 @@ def _train_or_reuse(
     preset_info: dict[str, Any] | None = None,
     advisors: tuple[str, ...] = (),
     fixed: set[str] = frozenset(),
+    upstream: dict[str, str] | None = None,
 ) -> StepOutcome:
     """`preset_info`: the preset that produced `hparams` (registry.preset_lineage), kept in the lineage.
     `advisors`: models whose production strategy may tune `hparams` (training/strategy.py);
-    `fixed`: keys the run config set, which advice never changes."""
+    `fixed`: keys the run config set, which advice never changes.
+    `upstream`: the version ("model/vN") each upstream model asset produced in this run; an
+    upstream model not given uses its production version (CLI and Python callers)."""
     from unified_pipeline.registry import policy_from_hparams
 
     entry = MODELS[name]
@@ -145,7 +148,7 @@ def _train_or_reuse(
     upstream_versions = {}
     upstream_dirs: dict[str, Path] = {}
     for up in entry.upstream_models:
-        v = registry.get(up, "production")
+        v = registry.resolve((upstream or {}).get(up) or f"{up}/production")
         upstream_versions[up] = v.name
         upstream_dirs[up] = registry.model_dir(up, v.number)
     base_fp = fp = step_fingerprint(entry, tensor_dirs, upstream_versions, hparams)

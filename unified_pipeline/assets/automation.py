@@ -34,13 +34,14 @@ def retrain_schedule(job_name: str) -> ScheduleDefinition:
     )
 
 
-def new_data_sensor(job_name: str, refs: list[DatasetRef], downstream: dict[str, list[str]]):
+def new_data_sensor(job_name: str, refs: list[DatasetRef], downstream: dict[str, list[str]],
+                    also: tuple[AssetKey, ...] = ()):
     """Requests a run for the lanes whose data version changed, and the models that read them.
 
     The cursor holds the last seen data version per dataset. Each observed version is also
     recorded as an observation of the dataset's raw_files asset, so the UI shows what is stale.
     `downstream` maps dataset name -> model asset names that read it (directly or through
-    upstream models).
+    upstream models). `also`: assets every request includes (the run summary).
     """
 
     @sensor(
@@ -61,7 +62,7 @@ def new_data_sensor(job_name: str, refs: list[DatasetRef], downstream: dict[str,
         if not changed:
             return SkipReason("no dataset changed")
         events = [AssetObservation(asset_key=raw_key(ds), tags={DATA_VERSION_TAG: current[ds]}) for ds in changed]
-        keys = set()
+        keys = set(also)
         for ds in changed:
             keys |= {manifest_key(ds), tensors_key(ds)}
             keys |= {AssetKey([m]) for m in downstream.get(ds, [])}

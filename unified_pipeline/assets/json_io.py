@@ -28,6 +28,11 @@ class JsonIOManager(ConfigurableIOManager):
             return
         atomic.write_json(self._path(list(context.asset_key.path)), obj)
 
+    def stored(self, key_path: list[str]) -> Any | None:
+        """The last stored output of an asset, or None when it was never materialised."""
+        path = self._path(key_path)
+        return json.loads(path.read_text()) if path.exists() else None
+
     def load_input(self, context: InputContext) -> Any:
         path = self._path(list(context.asset_key.path))
         if not path.exists():

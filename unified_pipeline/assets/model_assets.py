@@ -135,6 +135,8 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
                 force=config.force_retrain, scenario=scenario, preset_info=preset_info,
                 advisors=tuple(advisors), fixed=set(overrides),
+                # The weights the upstream assets produced in this graph, promoted to production or not.
+                upstream={m: inputs[f"model_{m}"]["version"] for m in entry.upstream_models},
             )
         except BaseException as exc:
             from unified_pipeline.error_report import write_error_report

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from dagster import AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from unified_pipeline import atomic
 from unified_pipeline.models.registry import MODELS
@@ -18,6 +18,18 @@ COLUMNS = ["model", "version", "status", "metric", "value", "promoted", "wall_ti
 _INLINE_BUDGET = 400_000  # PNG bytes inlined into the UI's copy of the report; run storage keeps every event
 
 
+NOT_MATERIALISED = "not materialised yet"
+
+
+def outcome_status(o: dict[str, Any]) -> str:
+    """trained / reused in this run; for a model the run did not include, where its version came from."""
+    if not o:
+        return NOT_MATERIALISED
+    if o.get("from_run"):
+        return f"not in this run (from run {o['from_run'][:8]})"
+    return "reused" if o.get("reused") else "trained"
+
+
 def summary_rows(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, o in outcomes.items():
@@ -26,7 +38,7 @@ def summary_rows(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "model": name,
             "version": o.get("version", ""),
-            "status": "reused" if o.get("reused") else "trained",
+            "status": outcome_status(o),
             "metric": metric,
             "value": round(float(value), 4) if isinstance(value, (int, float)) else None,
             "promoted": bool(o.get("promoted")),
@@ -47,7 +59,7 @@ def markdown_report(run_id: str, rows: list[dict[str, Any]], outcomes: dict[str,
     for r in rows:
         lines.append("| " + " | ".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + " |")
     for name, o in outcomes.items():
-        lines += ["", f"## {name} ({o.get('version', '')})", "", f"- status: {'reused' if o.get('reused') else 'trained'}; {o.get('promotion_note', '')}",
+        lines += ["", f"## {name} ({o.get('version', '')})", "", f"- status: {outcome_status(o)}; {o.get('promotion_note', '')}",
                   f"- data versions: {', '.join(f'{k}={v}' for k, v in o.get('data_versions', {}).items())}",
                   f"- location: `{o.get('path', '')}`"]
         for split, metrics in o.get("metrics", {}).items():
@@ -97,16 +109,21 @@ def _slug(title: str) -> str:
 
 
 def summary_asset(model_names: list[str]):
+    """Reads every model's stored output rather than taking them as inputs, so a run that trains
+    only some models (the new-data sensor's) still reports all of them, and says which were not
+    part of the run, and a model never materialised is listed instead of failing the summary."""
+
     @asset(
         key=SUMMARY_KEY,
-        ins={f"m_{m}": AssetIn(AssetKey([m])) for m in model_names},
+        deps=[AssetKey([m]) for m in model_names],
+        required_resource_keys={"io_manager"},
         group_name="reports",
         kinds={"json"},
-        description="Every model of the run: version, headline metric, trained or reused, wall time, device. "
-                    "Also writes results/<run_id>.json and a Markdown report.",
+        description="Every model: version, headline metric, trained or reused in this run (or not part of "
+                    "it), wall time, device. Also writes results/<run_id>.json and a Markdown report.",
     )
-    def training_summary(context: AssetExecutionContext, **inputs: dict) -> Output:
-        outcomes = {k[2:]: v for k, v in inputs.items()}
+    def training_summary(context: AssetExecutionContext) -> Output:
+        outcomes = {m: _outcome(context, m) for m in model_names}
         rows = summary_rows(outcomes)
         results_dir = unified_home() / "results"
         atomic.write_json(results_dir / f"{context.run_id}.json", {"run_id": context.run_id, "models": outcomes, "summary": rows})
@@ -122,7 +139,16 @@ def summary_asset(model_names: list[str]):
                 "report_path": MetadataValue.path(str(report_path)),
                 "trained": sum(r["status"] == "trained" for r in rows),
                 "reused": sum(r["status"] == "reused" for r in rows),
+                "not_in_run": sum(r["status"] not in ("trained", "reused") for r in rows),
             },
         )
 
     return training_summary
+
+
+def _outcome(context: AssetExecutionContext, model: str) -> dict[str, Any]:
+    stored = context.resources.io_manager.stored([model]) or {}
+    event = context.instance.get_latest_materialization_event(AssetKey([model]))
+    if stored and (event is None or event.run_id != context.run_id):
+        stored = {**stored, "from_run": event.run_id if event is not None else "unknown"}
+    return stored

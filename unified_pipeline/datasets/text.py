@@ -105,8 +105,10 @@ class TextKind:
 
     def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
         from unified_pipeline.datasets.samples.langid_text import generate_langid
+        from unified_pipeline.datasets.samples.number_words import generate_number_words
 
-        return [generate_langid(Path(raw_root) / "langid", seed)]
+        return [generate_langid(Path(raw_root) / "langid", seed),
+                generate_number_words(Path(raw_root) / "number_words", seed)]
 
 
 def _manifest_row(rel: str, row_no: int, rec: dict | str, file_sha: str) -> dict:

@@ -1,17 +1,24 @@
-"""multimodal_service: "does this spoken digit name the same number as this handwritten digit?"
+"""multimodal_service: "do this handwritten digit, this spoken digit and this written word name one number?"
 
-The hybrid concept model reuses the trained vision_service and audio_service encoders (their
-classifier heads dropped) and learns only a fusion head over [a, b, |a-b|, a*b]. To show
-what reuse buys, fit() also trains the same architecture from scratch with the same budget
-(epochs, batch size, learning rate, pairs) and reports it as the baseline.
+The hybrid concept model reuses the trained vision_service, audio_service and text_service
+encoders (their classifier heads dropped) and learns only a fusion head over each side's
+projection plus, for every pair of sides, |a-b| and a*b. The answer needs all three: a
+negative changes one or two sides, so no single pair decides. To show what reuse buys, fit()
+also trains the same architecture from scratch with the same budget (epochs, batch size,
+learning rate, tuples) and reports it as the baseline.
 
-Pairs come from the SAME split of both datasets (train pairs from train splits, and so on),
-half matching and half not, drawn deterministically from the seed. Labels are matched by
-meaning: vision "3" and audio "three" are the same key.
+Tuples come from the SAME split of every dataset (train tuples from train splits, and so on),
+half matching, drawn deterministically from the seed. Labels are matched by meaning: vision
+"3", audio "three" and text "3" (the number-words dataset labels "drei" with "3") share a key.
+The written words are tokenised with text_service's own vocabulary, so its encoder reads them
+exactly as it reads its training texts.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,7 @@ from torch import nn
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.audio_rnn import AudioRNN, AudioRNNConfig
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.text_transformer import TextTransformer, TextTransformerConfig
 from unified_pipeline.models.vision_cnn import VisionCNN, VisionCNNConfig, _bundle, probabilities_to_labels
 from unified_pipeline.training.job import FitJob, FitResult
 
@@ -30,6 +38,9 @@ CLASSES = ["no_match", "match"]
 BASELINE_NAME = "same architecture from scratch"
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+SIDES = ("vision", "audio", "text")  # dataset kind = FusionConfig field = encoder attribute
+ARCHITECTURES = {"vision": "vision_cnn", "audio": "audio_rnn", "text": "text_transformer"}
+INPUT_KEYS = {"vision": "image", "audio": "audio", "text": "text"}  # JSON keys of a predict input
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 3,
@@ -49,10 +60,12 @@ DEFAULTS: dict[str, Any] = {
 class FusionConfig:
     vision: dict = field(default_factory=dict)  # VisionCNNConfig fields
     audio: dict = field(default_factory=dict)  # AudioRNNConfig fields
+    text: dict = field(default_factory=dict)  # TextTransformerConfig fields; empty: a vision+audio model
     fusion_dim: int = 64
     hidden: int = 128
     dropout: float = 0.1
     freeze_encoders: bool = True
+    finetune: list = field(default_factory=list)  # sides whose encoder trains even when freeze_encoders
 
 
 @register_architecture("multimodal_fusion")
@@ -63,32 +76,51 @@ class FusionModel(BaseModel):
         super().__init__(config)
         self.vision = VisionCNN(VisionCNNConfig(**config.vision))
         self.audio = AudioRNN(AudioRNNConfig(**config.audio))
-        self.vision.head = nn.Identity()  # encoders only: the class heads of the services are not used
-        self.audio.head = nn.Identity()
+        # Versions saved before the text side existed have no text config and still load.
+        self.text = TextTransformer(TextTransformerConfig(**config.text)) if config.text else None
         p = config.fusion_dim
-        self.proj_v = nn.Linear(self.vision.embedding_dim, p)
-        self.proj_a = nn.Linear(self.audio.embedding_dim, p)
-        self.embedding_dim = 4 * p
-        self.head = nn.Sequential(nn.LayerNorm(4 * p), nn.Linear(4 * p, config.hidden), nn.GELU(),
-                                  nn.Dropout(config.dropout), nn.Linear(config.hidden, 2))
-        if config.freeze_encoders:
-            for enc in (self.vision, self.audio):
-                enc.requires_grad_(False)
+        for side in self.sides:
+            encoder = getattr(self, side)
+            encoder.head = nn.Identity()  # encoders only: the class heads of the services are not used
+            setattr(self, _proj(side), nn.Linear(encoder.embedding_dim, p))
+        n = len(self.sides)
+        self.embedding_dim = (n + n * (n - 1)) * p  # each side, then |a-b| and a*b per pair of sides
+        self.head = nn.Sequential(nn.LayerNorm(self.embedding_dim), nn.Linear(self.embedding_dim, config.hidden),
+                                  nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, 2))
+        for side in self.frozen:
+            getattr(self, side).requires_grad_(False)
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return SIDES if self.text is not None else SIDES[:2]
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        return tuple(s for s in self.sides if s not in self.config.finetune) if self.config.freeze_encoders else ()
 
     def train(self, mode: bool = True) -> "FusionModel":
         super().train(mode)
-        if self.config.freeze_encoders:  # frozen encoders keep their BatchNorm statistics and no dropout
-            self.vision.eval()
-            self.audio.eval()
+        for side in self.frozen:  # frozen encoders keep their BatchNorm statistics and no dropout
+            getattr(self, side).eval()
         return self
 
-    def encode(self, image: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        a = self.proj_v(self.vision.encode(image))
-        b = self.proj_a(self.audio.encode(mel, lengths))
-        return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
+    def encode(self, image: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor,
+               tokens: torch.Tensor | None = None) -> torch.Tensor:
+        z = [self.proj_v(self.vision.encode(image)), self.proj_a(self.audio.encode(mel, lengths))]
+        if self.text is not None:
+            if tokens is None:
+                raise ConfigError("multimodal_service: this model needs text token ids as well")
+            z.append(self.proj_t(self.text.encode(tokens)))
+        pairs = list(itertools.combinations(z, 2))
+        return torch.cat([*z, *((a - b).abs() for a, b in pairs), *(a * b for a, b in pairs)], dim=1)
 
-    def forward(self, image: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image, mel, lengths))
+    def forward(self, image: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encode(image, mel, lengths, tokens))
+
+
+def _proj(side: str) -> str:
+    return f"proj_{side[0]}"  # proj_v, proj_a, proj_t: the weight names of saved versions
 
 
 def label_key(label: str) -> str:
@@ -99,42 +131,39 @@ def label_key(label: str) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def make_pairs(yv: torch.Tensor, v_classes: list[str], ya: torch.Tensor, a_classes: list[str],
-               n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(vision index, audio index, match 0/1) for n pairs, half matching, over keys both sides share."""
-    v_keys = [label_key(v_classes[int(i)]) for i in yv]
-    a_keys = [label_key(a_classes[int(i)]) for i in ya]
-    shared = sorted(set(v_keys) & set(a_keys))
+def make_tuples(sides: Sequence[tuple[torch.Tensor, list[str]]], n: int,
+                seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One sample index per side and a match flag (1: every side names the same key) for n tuples.
+
+    Half match. A non-matching tuple keeps the key on some sides and gives the others (at least
+    one, never all) a different key each, so every side has to be read to answer."""
+    keys = [[label_key(classes[int(i)]) for i in y] for y, classes in sides]
+    shared = sorted(set.intersection(*(set(k) for k in keys)))
     if not shared:
-        raise DatasetError(f"multimodal_service: no class shared by vision {sorted(set(v_keys))} "
-                           f"and audio {sorted(set(a_keys))} in this split")
-    by_v = {k: torch.tensor([i for i, x in enumerate(v_keys) if x == k]) for k in shared}
-    by_a = {k: torch.tensor([i for i, x in enumerate(a_keys) if x == k]) for k in shared}
-    g = torch.Generator().manual_seed(seed)
-    vi, ai, match = [], [], []
-    for p in range(n):
-        positive = p % 2 == 0 or len(shared) == 1
-        k = shared[int(torch.randint(len(shared), (1,), generator=g))]
-        if positive:
-            k2 = k
-        else:  # a different key, uniformly among the others
-            k2 = shared[(shared.index(k) + 1 + int(torch.randint(len(shared) - 1, (1,), generator=g))) % len(shared)]
-        vi.append(int(by_v[k][torch.randint(len(by_v[k]), (1,), generator=g)]))
-        ai.append(int(by_a[k2][torch.randint(len(by_a[k2]), (1,), generator=g)]))
+        raise DatasetError("multimodal_service: no class shared by " + " and ".join(
+            f"{sorted(set(k))}" for k in keys) + " in this split")
+    members = [{k: [i for i, x in enumerate(side) if x == k] for k in shared} for side in keys]
+    rng = random.Random(seed)
+    m = len(sides)
+    index: list[list[int]] = [[] for _ in range(m)]
+    match = []
+    for t in range(n):
+        key = rng.choice(shared)
+        positive = t % 2 == 0 or len(shared) == 1
+        changed = 0 if positive else rng.randrange(1, 2 ** m - 1)  # a proper, non-empty subset of sides
+        for s in range(m):
+            k = rng.choice([x for x in shared if x != key]) if changed >> s & 1 else key
+            index[s].append(rng.choice(members[s][k]))
         match.append(int(positive))
-    return torch.tensor(vi), torch.tensor(ai), torch.tensor(match)
+    return [torch.tensor(ix) for ix in index], torch.tensor(match)
 
 
-def _upstream(job: FitJob) -> tuple[Path, Path]:
-    found: dict[str, Path] = {}
-    for name, folder in job.upstream.items():
-        arch = BaseModel.read_config(folder).get("architecture")
-        if arch in ("vision_cnn", "audio_rnn"):
-            found[arch] = Path(folder)
-    missing = [a for a in ("vision_cnn", "audio_rnn") if a not in found]
+def _upstream(job: FitJob) -> dict[str, Path]:
+    by_arch = {BaseModel.read_config(folder).get("architecture"): Path(folder) for folder in job.upstream.values()}
+    missing = [ARCHITECTURES[s] for s in SIDES if ARCHITECTURES[s] not in by_arch]
     if missing:
         raise ConfigError(f"multimodal_service: upstream models lack architecture(s) {missing}; got {sorted(job.upstream)}")
-    return found["vision_cnn"], found["audio_rnn"]
+    return {s: by_arch[ARCHITECTURES[s]] for s in SIDES}
 
 
 def _check_compatible(cfg: dict, meta: dict, fields: dict[str, Any], folder: Path) -> None:
@@ -144,16 +173,27 @@ def _check_compatible(cfg: dict, meta: dict, fields: dict[str, Any], folder: Pat
                               f"but dataset {meta.get('dataset')!r} has {want!r}")
 
 
-def _pair_data(vb, ab, job: FitJob) -> dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+def _tokens(tb, split: str, text_extra: dict) -> torch.Tensor:
+    from unified_pipeline.models.text_transformer import encode_texts
+
+    texts = (tb.sidecars.get("texts") or {}).get(split)
+    if texts is None:
+        raise DatasetError(f"multimodal_service: dataset {tb.meta.get('dataset')!r} keeps no texts for split {split!r}")
+    return encode_texts(texts, text_extra)
+
+
+def _tuple_data(bundles: dict, job: FitJob, text_extra: dict) -> dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
     data = {}
     for split, offset in SPLIT_OFFSET.items():
-        v, a = vb.split(split), ab.split(split)
-        if len(v.get("y", [])) == 0 or len(a.get("y", [])) == 0:
-            raise DatasetError(f"multimodal_service: split {split!r} is empty in {vb.meta.get('dataset')!r} "
-                               f"or {ab.meta.get('dataset')!r}")
+        parts = {s: b.split(split) for s, b in bundles.items()}
+        empty = [bundles[s].meta.get("dataset") for s, p in parts.items() if len(p.get("y", [])) == 0]
+        if empty:
+            raise DatasetError(f"multimodal_service: split {split!r} is empty in dataset(s) {empty}")
         n = int(job.hp("pairs_train") if split == "train" else job.hp("pairs_eval"))
-        vi, ai, match = make_pairs(v["y"], vb.meta["classes"], a["y"], ab.meta["classes"], n, job.seed * 10 + offset)
-        data[split] = ((v["x"][vi], a["x"][ai], a["lengths"][ai]), match)
+        (vi, ai, ti), match = make_tuples([(parts[s]["y"], bundles[s].meta["classes"]) for s in SIDES], n,
+                                          job.seed * 10 + offset)
+        v, a = parts["vision"], parts["audio"]
+        data[split] = ((v["x"][vi], a["x"][ai], a["lengths"][ai], _tokens(bundles["text"], split, text_extra)[ti]), match)
     return data
 
 
@@ -163,22 +203,26 @@ def fit(job: FitJob) -> FitResult:
     from unified_pipeline.training.classification import fit_classifier
 
     job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    vb, ab = _bundle(job, "vision"), _bundle(job, "audio")
-    v_dir, a_dir = _upstream(job)
-    v_cfg, a_cfg = BaseModel.read_config(v_dir), BaseModel.read_config(a_dir)
-    _check_compatible(v_cfg["config"], vb.meta, {"in_channels": int(vb.meta.get("channels", 1)),
-                                                 "image_size": [int(s) for s in vb.meta["image_size"]]}, v_dir)
-    _check_compatible(a_cfg["config"], ab.meta, {"n_mels": int(ab.meta["n_mels"])}, a_dir)
-    data = _pair_data(vb, ab, job)
+    bundles = {s: _bundle(job, s) for s in SIDES}
+    dirs = _upstream(job)
+    cfgs = {s: BaseModel.read_config(d) for s, d in dirs.items()}
+    vm, am = bundles["vision"].meta, bundles["audio"].meta
+    _check_compatible(cfgs["vision"]["config"], vm, {"in_channels": int(vm.get("channels", 1)),
+                                                     "image_size": [int(s) for s in vm["image_size"]]}, dirs["vision"])
+    _check_compatible(cfgs["audio"]["config"], am, {"n_mels": int(am["n_mels"])}, dirs["audio"])
+    text_extra = {k: v for k, v in cfgs["text"]["extra"].items() if k != "classes"}
+    data = _tuple_data(bundles, job, text_extra)
     names = {f.name for f in dataclasses.fields(FusionConfig)}
-    head_hp = {k: v for k, v in job.hparams.items() if k in names - {"vision", "audio", "freeze_encoders"}}
+    head_hp = {k: v for k, v in job.hparams.items() if k in names - {*SIDES, "freeze_encoders"}}
+    unknown = sorted(set(head_hp.get("finetune", [])) - set(SIDES))
+    if unknown:
+        raise ConfigError(f"multimodal_service: finetune names unknown side(s) {unknown}; valid: {list(SIDES)}")
 
     def build(freeze: bool) -> FusionModel:
-        return FusionModel(FusionConfig(vision=v_cfg["config"], audio=a_cfg["config"], freeze_encoders=freeze, **head_hp))
+        return FusionModel(FusionConfig(**{s: cfgs[s]["config"] for s in SIDES}, freeze_encoders=freeze, **head_hp))
 
-    extra = {"vision": {k: v for k, v in v_cfg["extra"].items() if k != "classes"},
-             "audio": {k: v for k, v in a_cfg["extra"].items() if k != "classes"},
-             "vision_classes": vb.meta["classes"], "audio_classes": ab.meta["classes"],
+    extra = {**{s: {k: v for k, v in cfgs[s]["extra"].items() if k != "classes"} for s in SIDES},
+             **{f"{s}_classes": bundles[s].meta["classes"] for s in SIDES},
              "pairs": {s: int(len(d[1])) for s, d in data.items()}}
 
     # Same budget, random encoders, everything trainable; its artefacts stay out of out_dir.
@@ -195,27 +239,46 @@ def fit(job: FitJob) -> FitResult:
 
     torch.manual_seed(job.seed)
     model = build(freeze=True)
-    for enc, folder in ((model.vision, v_dir), (model.audio, a_dir)):
+    for side, folder in dirs.items():
         weights = {k: v for k, v in load_file(str(folder / "weights.safetensors")).items() if not k.startswith("head.")}
-        enc.load_state_dict(weights)
+        getattr(model, side).load_state_dict(weights)
     sub = dataclasses.replace(job, checkpoint_dir=Path(job.checkpoint_dir) / "transfer")
     result = fit_classifier(sub, model, data, classes=CLASSES, extra=extra, baseline=baseline, baseline_name=BASELINE_NAME)
     result.notes["transfer"] = "encoders loaded from upstream models and frozen; fusion head trained"
-    result.notes["upstream"] = {"vision": str(v_dir), "audio": str(a_dir)}
+    result.notes["upstream"] = {s: str(d) for s, d in dirs.items()}
     return result
 
 
+def parse_input(item: Any, sides: Sequence[str]) -> tuple:
+    """(image, audio[, text]) from a tuple, a JSON array or a JSON object {"image", "audio", "text"}."""
+    value = item
+    if isinstance(item, str):
+        try:
+            value = json.loads(item)
+        except ValueError as exc:
+            raise DatasetError(f"multimodal_service: input {item!r} is not JSON: {exc}") from exc
+    keys = [INPUT_KEYS[s] for s in sides]
+    if isinstance(value, dict):
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise DatasetError(f"multimodal_service: input {item!r} lacks {missing}")
+        value = [value[k] for k in keys]
+    if not isinstance(value, (list, tuple)) or len(value) != len(sides):
+        raise DatasetError(f"multimodal_service: input {item!r} must give {', '.join(keys)} "
+                           f"(a JSON array in that order or an object with those keys)")
+    return tuple(value)
+
+
 @torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[tuple[str | Path, str | Path]]) -> list[tuple[str, float]]:
-    """(image path, audio path) pairs -> ("match" | "no_match", probability) per pair."""
+def predict(model_dir: Path, inputs: Sequence[Any]) -> list[tuple[str, float]]:
+    """(image path, audio path, text) per input -> ("match" | "no_match", probability)."""
     from unified_pipeline.models.audio_rnn import load_clips
+    from unified_pipeline.models.text_transformer import encode_texts
     from unified_pipeline.models.vision_cnn import load_images
 
-    pairs = list(inputs)
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise DatasetError(f"multimodal_service: input {i} must be (image_path, audio_path), got {pair!r}")
     model = BaseModel.load(model_dir)
-    images = load_images([p[0] for p in pairs], model.extra["vision"])
-    mel, lengths = load_clips([p[1] for p in pairs], model.extra["audio"])
-    return probabilities_to_labels(model(images, mel, lengths), model.extra["classes"])
+    rows = [parse_input(item, model.sides) for item in inputs]
+    images = load_images([r[0] for r in rows], model.extra["vision"])
+    mel, lengths = load_clips([r[1] for r in rows], model.extra["audio"])
+    tokens = encode_texts([r[2] for r in rows], model.extra["text"]) if model.text is not None else None
+    return probabilities_to_labels(model(images, mel, lengths, tokens), model.extra["classes"])
