@@ -34,9 +34,10 @@ class JsonIOManager(ConfigurableIOManager):
         return json.loads(path.read_text()) if path.exists() else None
 
     def load_input(self, context: InputContext) -> Any:
-        path = self._path(list(context.asset_key.path))
-        if not path.exists():
+        key_path = list(context.asset_key.path)
+        value = self.stored(key_path)
+        if value is None:
             raise FileNotFoundError(
-                f"{path}: upstream asset {context.asset_key.to_user_string()} has not been materialised yet"
+                f"{self._path(key_path)}: upstream asset {context.asset_key.to_user_string()} has not been materialised yet"
             )
-        return json.loads(path.read_text())
+        return value
