@@ -1,7 +1,6 @@
 """Shared pieces of the benchmarks: machine description, result files, the Markdown table."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess

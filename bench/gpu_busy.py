@@ -12,9 +12,31 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import save
-from bench.overhead import MODELS, build, tensors_dir
 from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.training.distributed import INPUT_FIELDS
+
+MODELS = {"vision_service": "digits", "audio_service": "spoken_digits", "text_service": "langid"}
+
+
+def tensors_dir(dataset: str):
+    from unified_pipeline.paths import unified_home
+
+    found = sorted((unified_home() / "tensors" / dataset).glob("*/meta.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no tensors for {dataset}: run `make run` (or the data_lane job) first")
+    return found[-1].parent
+
+
+def build(name: str, meta: dict, hp: dict):
+    import importlib
+
+    from unified_pipeline.models.registry import MODELS as REGISTRY
+
+    module = importlib.import_module(REGISTRY[name].module)
+    hp = {**module.DEFAULTS, **hp}
+    if name == "text_service":
+        return module.build(meta, hp, int(meta.get("max_len")))
+    return module.build(meta, hp)
 
 
 def busy_fraction(name: str, dataset: str, batch: int, steps: int = 60) -> dict:

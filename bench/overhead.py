@@ -1,15 +1,25 @@
-"""Samples/s of each classifier trained inside its Dagster asset vs a plain PyTorch loop.
+"""Every model trained inside its Dagster asset against the same work in a plain PyTorch loop.
 
-Same nn.Module (built by the model file's `build`), same tensors, batch size, precision and
-epochs; early stopping off. Runs alternate (plain, asset, plain, asset, ...) and the medians are
-compared. The asset run goes through `materialize` of the real model asset, so it includes the
-trainer, checkpoints, per-epoch logging and evaluation; samples/s counts training time only in
-both cases.
+The asset side is `materialize` of the real model asset, in a fresh run root holding the
+tensors and upstream model versions that `make run` left in the project's run root. While it
+runs, `bench.replay.recording` keeps every training run the step makes (a step can make several:
+the from-scratch twin of multimodal_service, the teacherless student, one simulator per world,
+the controller's trials and checks) and every NOTEARS solve. The plain side replays exactly
+those runs: same nn.Module from the same initial weights, same tensors, loss, batch size,
+optimizer, precision and epochs (`bench.replay.plain_fit`), or calls the solver directly.
+
+After one uncounted warm-up run, runs alternate asset, plain, plain, asset, ... and the medians
+are compared. samples/s counts
+training time only on both sides (the trainer's own per-epoch timing; evaluation excluded);
+`asset_step_s` is the whole step (Dagster, data loading, evaluation, plots, registry) and
+`plain_s` the whole replay, evaluation included.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -17,112 +27,156 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench.common import save
-from unified_pipeline.datasets.base import TensorBundle
-from unified_pipeline.training.distributed import INPUT_FIELDS
+from bench.replay import Recording, plain_fit, plain_solve, recording
 
-MODELS = {"vision_service": "digits", "audio_service": "spoken_digits", "text_service": "langid"}
+# The controller's study is shrunk so one run takes about a minute; its trials are ordinary
+# training runs of the three service models and are replayed like any other.
+HPARAMS = {"adaptive_learning_controller": {"budget_epochs": 2, "study_epochs": 4, "check_seeds": 1}}
 
 
-def tensors_dir(dataset: str) -> Path:
+def _source_root() -> Path:
     from unified_pipeline.paths import unified_home
 
-    found = sorted((unified_home() / "tensors" / dataset).glob("*/meta.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"no tensors for {dataset}: run `make run` (or the data_lane job) first")
-    return found[-1].parent
+    return unified_home()
 
 
-def build(name: str, meta: dict, hp: dict):
-    import importlib
+def _stage(name: str, home: Path) -> list[str]:
+    """Copy what the model's asset reads (tensor pointers, upstream outputs and versions) into `home`;
+    returns the datasets its last real run trained on."""
+    from unified_pipeline.models.registry import MODELS
 
-    from unified_pipeline.models.registry import MODELS as REGISTRY
-
-    module = importlib.import_module(REGISTRY[name].module)
-    hp = {**module.DEFAULTS, **hp}
-    if name == "text_service":
-        return module.build(meta, hp, int(meta.get("max_len")))
-    return module.build(meta, hp)
-
-
-def plain_loop(name: str, folder: Path, hp: dict, device: str) -> float:
-    bundle = TensorBundle.load(folder)
-    torch.manual_seed(0)
-    model = build(name, bundle.meta, hp).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
-    part = bundle.split("train")
-    xs = [part[f].to(device) for f in INPUT_FIELDS[bundle.meta["kind"]]]
-    y = part["y"].to(device)
-    use_bf16 = device.startswith("cuda")
-    seen, train_time = 0, 0.0
-    for _ in range(hp["epochs"]):
-        model.train()
-        t0 = time.perf_counter()
-        for idx in torch.randperm(len(y), device=device).split(hp["batch_size"]):
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = F.cross_entropy(model(*[x[idx] for x in xs]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp["grad_clip"])
-            opt.step()
-            seen += len(idx)
-        if use_bf16:
-            torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():  # both sides evaluate once per epoch
-            vpart = bundle.split("val")
-            model(*[vpart[f].to(device) for f in INPUT_FIELDS[bundle.meta["kind"]]])
-    return seen / train_time
+    src = _source_root()
+    last = src / "assets" / f"{name}.json"
+    if not last.exists():
+        raise SystemExit(f"no {last}: run `make run` first (the bench reuses its tensors and upstream models)")
+    datasets = sorted(json.loads(last.read_text())["data_versions"])
+    for ds in datasets:
+        (home / "assets" / ds).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "assets" / ds / "tensors.json", home / "assets" / ds / "tensors.json")
+    for up in MODELS[name].upstream_models:
+        shutil.copy(src / "assets" / f"{up}.json", home / "assets" / f"{up}.json")
+        shutil.copytree(src / "registry" / up, home / "registry" / up)
+    return datasets
 
 
-def asset_run(name: str, dataset: str, folder: Path, hp: dict, home: Path) -> float:
+def asset_run(name: str, home: Path, epochs: int) -> tuple[float, Recording]:
     from dagster import AssetKey, DagsterInstance, SourceAsset, materialize
 
-    from unified_pipeline import atomic
+    from unified_pipeline.assets.data_assets import tensors_key
     from unified_pipeline.assets.json_io import JsonIOManager
     from unified_pipeline.assets.model_assets import model_asset
-    from unified_pipeline.models.registry import MODELS as REGISTRY
+    from unified_pipeline.models.registry import MODELS
 
+    entry = MODELS[name]
+    datasets = _stage(name, home)
+    advised = [m for m, e in MODELS.items() if name in e.advisors]
+    sources = [SourceAsset(tensors_key(ds)) for ds in datasets] + [SourceAsset(AssetKey([m])) for m in entry.upstream_models]
+    config = {"epochs": epochs, "early_stopping_patience": 0, "force_retrain": True, "hparams": HPARAMS.get(name, {})}
+    before = os.environ.get("UNIFIED_HOME")
     os.environ["UNIFIED_HOME"] = str(home)
-    store = home / "assets"
-    atomic.write_json(store / dataset / "tensors.json", {"dataset": dataset, "path": str(folder)})
-    asset = model_asset(REGISTRY[name], [dataset])
-    config = {k: hp[k] for k in ("epochs", "batch_size", "learning_rate", "early_stopping_patience")}
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize([asset, SourceAsset(AssetKey([dataset, "tensors"]))], instance=instance, resources={"io_manager": JsonIOManager(base_dir=str(store))},
-                             run_config={"ops": {name: {"config": {**config, "force_retrain": True}}}})
-    (mat,) = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
-              if e.asset_key == AssetKey([name])]
-    return float(mat.metadata["samples_per_s"].value)
+    try:
+        with recording() as rec, DagsterInstance.ephemeral() as instance:
+            t0 = time.perf_counter()
+            result = materialize([model_asset(entry, datasets, advised=advised), *sources], instance=instance,
+                                 resources={"io_manager": JsonIOManager(base_dir=str(home / "assets"))},
+                                 run_config={"ops": {name: {"config": config}}})
+            wall = time.perf_counter() - t0
+    finally:
+        if before is None:
+            os.environ.pop("UNIFIED_HOME", None)
+        else:
+            os.environ["UNIFIED_HOME"] = before
+    if not result.success:
+        raise RuntimeError(f"{name}: asset run failed")
+    return wall, rec
 
 
-def run(repeats: int = 2, epochs: int = 3) -> list[dict]:
-    from unified_pipeline.presets import load_preset
+def asset_side(rec: Recording) -> tuple[float, float]:
+    """(samples, seconds) of the step's training, as measured inside it."""
+    pairs = [c.samples_and_time() for c in rec.finished()] + [(c.rows, c.seconds) for c in rec.solvers]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    preset = load_preset()
-    original_home = os.environ.get("UNIFIED_HOME")
+
+def plain_side(rec: Recording) -> tuple[float, float, float]:
+    """(samples, training seconds, wall seconds) of the same work without the pipeline."""
+    from unified_pipeline import devices
+
+    torch.set_num_threads(devices.threads_per_step())  # what the step's device lease set
+    samples = seconds = wall = 0.0
+    for call in rec.finished():
+        n, s, w = plain_fit(call)
+        samples, seconds, wall = samples + n, seconds + s, wall + w
+    for call in rec.solvers:
+        s = plain_solve(call)
+        samples, seconds, wall = samples + call.rows, seconds + s, wall + s
+    return samples, seconds, wall
+
+
+def measure(name: str, tmp: Path, repeats: int, epochs: int, run_s: float = 5.0, max_epochs: int = 60,
+            min_train_s: float = 15.0, max_repeats: int = 10) -> dict:
+    """One warm-up asset run (not counted: first use of the model's kernels in this process), then
+    asset/plain pairs in alternating order until `repeats` pairs and `min_train_s` of measured
+    training on the asset side. Models whose warm-up trained for less than `run_s` seconds train
+    for more epochs (both sides alike), so that short timings do not dominate. The ratio is the
+    median of the pairs' own ratios: the two runs of a pair see the same machine."""
+    _, rec = asset_run(name, tmp / f"{name}-warm-up", epochs)
+    trained_s = asset_side(rec)[1]
+    if name not in HPARAMS and rec.finished() and 0 < trained_s < run_s:  # the controller sets its own epochs
+        epochs = min(max_epochs, math.ceil(epochs * run_s / trained_s))
+    asset, plain, steps, replays, asset_train_s = [], [], [], [], 0.0
+    i = 0
+    while i < repeats or (asset_train_s < min_train_s and i < max_repeats):
+        for side in (("asset", "plain") if i % 2 == 0 else ("plain", "asset")):
+            if side == "asset":
+                wall, rec = asset_run(name, tmp / f"{name}-{i}", epochs)
+                samples, seconds = asset_side(rec)
+                asset.append(samples / seconds)
+                asset_train_s += seconds
+                steps.append(wall)
+            else:
+                samples, seconds, wall = plain_side(rec)
+                plain.append(samples / seconds)
+                replays.append(wall)
+        print(f"{name} pair {i}: asset {asset[-1]:.1f} plain {plain[-1]:.1f} samples/s", flush=True)
+        i += 1
+    p, a = statistics.median(plain), statistics.median(asset)
+    ratios = [x / y for x, y in zip(asset, plain)]
+    calls = rec.finished()
+    return {
+        "model": name, "device": calls[0].cfg.device if calls else "cpu",
+        "runs_in_step": len(calls) + len(rec.solvers),
+        "batch": ",".join(sorted({str(c.cfg.batch_size) for c in calls})) or "full data",
+        "epochs": ",".join(sorted({str(len(c.summary.history)) for c in calls}, key=int)) or None, "pairs": i,
+        "plain_samples_per_s": p, "asset_samples_per_s": a, "ratio": statistics.median(ratios),
+        "pair_ratios": f"{min(ratios):.3f}-{max(ratios):.3f}",
+        "plain_s": statistics.median(replays), "asset_step_s": statistics.median(steps),
+    }
+
+
+def run(repeats: int = 3, epochs: int = 3, models: str = "") -> list[dict]:
+    from unified_pipeline.models.registry import MODELS
+
+    names = models.split(",") if models else list(MODELS)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, dataset in MODELS.items():
-            folder = tensors_dir(dataset)
-            hp = {**preset.hparams("collaborative_training", name), "epochs": epochs, "early_stopping_patience": 0}
-            plain, asset = [], []
-            for i in range(repeats):
-                plain.append(plain_loop(name, folder, hp, device))
-                asset.append(asset_run(name, dataset, folder, hp, Path(tmp) / f"{name}-{i}"))
-                if original_home:
-                    os.environ["UNIFIED_HOME"] = original_home
-            p, a = statistics.median(plain), statistics.median(asset)
-            rows.append({"model": name, "device": device, "batch": hp["batch_size"], "epochs": epochs,
-                         "plain_samples_per_s": p, "asset_samples_per_s": a, "ratio": a / p})
-            print(json.dumps(rows[-1]))
-    save("overhead", rows, "ratio = asset / plain (target >= 0.95); medians of alternating runs.")
+        for name in names:
+            rows.append(measure(name, Path(tmp), repeats, epochs))
+            print(json.dumps(rows[-1]), flush=True)
+    save("overhead", rows, " ".join([
+        "ratio = asset / plain samples/s (target >= 0.95): the median of the ratios of `pairs` asset/plain pairs",
+        f"run in alternating order (at least {repeats}; more for models whose runs are short), after one uncounted",
+        "warm-up run; pair_ratios: the lowest and highest pair. samples/s columns: medians.",
+        f"Epochs per training run: {epochs}, or more where that trains for under 5 s; early stopping off.",
+        "runs_in_step: the training runs (or NOTEARS solves) the step makes,",
+        "all replayed; for causal_reasoning_engine samples/s is rows per second of solver time. The controller's",
+        f"study is shrunk to {HPARAMS['adaptive_learning_controller']}. plain_s / asset_step_s: the whole replay",
+        "against the whole asset step (Dagster, loading, evaluation, plots, registry).",
+    ]))
     return rows
 
 
 if __name__ == "__main__":
-    run(*(int(a) for a in sys.argv[1:3]))
+    args = sys.argv[1:]
+    run(*(int(a) for a in args[:2]), *args[2:3])
