@@ -36,18 +36,13 @@ from bench.replay import Recording, plain_fit, plain_solve, recording
 HPARAMS = {"adaptive_learning_controller": {"budget_epochs": 2, "study_epochs": 4, "check_seeds": 1}}
 
 
-def _source_root() -> Path:
-    from unified_pipeline.paths import unified_home
-
-    return unified_home()
-
-
 def _stage(name: str, home: Path) -> list[str]:
     """Copy what the model's asset reads (tensor pointers, upstream outputs and versions) into `home`;
     returns the datasets its last real run trained on."""
     from unified_pipeline.models.registry import MODELS
+    from unified_pipeline.paths import unified_home
 
-    src = _source_root()
+    src = unified_home()  # the project's run root: read before UNIFIED_HOME points at `home`
     last = src / "assets" / f"{name}.json"
     if not last.exists():
         raise SystemExit(f"no {last}: run `make run` first (the bench reuses its tensors and upstream models)")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from unified_pipeline.models import causal_reasoning
-from unified_pipeline.training.trainer import Trainer, TrainSummary
+from unified_pipeline.training.trainer import Trainer, TrainSummary, autocast, make_optimizer, resolve_precision
 from unified_pipeline.training.trainer_config import TrainerConfig
 
 SOLVERS = ("notears_linear", "notears_mlp")
@@ -100,12 +100,8 @@ def plain_fit(call: TrainerCall) -> tuple[float, float, float]:
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(call.initial).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = call.optimizer_factory(params, cfg) if call.optimizer_factory else {
-        "sgd": lambda: torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay),
-        "adam": lambda: torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
-    }.get(cfg.optimizer, lambda: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay))()
-    precision = ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    opt = make_optimizer(params, cfg, call.optimizer_factory)
+    precision = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train = tuple(t.to(device) for t in call.train)
     val = tuple(t.to(device) for t in call.val)
@@ -117,7 +113,7 @@ def plain_fit(call: TrainerCall) -> tuple[float, float, float]:
         for idx in torch.randperm(n, device=device).split(bs):
             if len(idx) < 2:  # the trainer leaves a lone trailing sample out (BatchNorm)
                 continue
-            with torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
+            with autocast(device, precision):
                 loss = call.loss_fn(model, tuple(t[idx] for t in train))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -131,7 +127,7 @@ def plain_fit(call: TrainerCall) -> tuple[float, float, float]:
             torch.cuda.synchronize(device)
         train_s += time.perf_counter() - t0
         model.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
+        with torch.no_grad(), autocast(device, precision):
             call.metric_fn(model, val)
     return seen, train_s, time.perf_counter() - started
 

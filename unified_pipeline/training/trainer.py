@@ -94,10 +94,7 @@ class Trainer:
         self.control = ControlPoller(control_file)
         self.optimizer_factory = optimizer_factory
         self.device = torch.device(cfg.device)
-        if cfg.precision == "auto":
-            self.precision = "bf16" if self.device.type == "cuda" else "fp32"
-        else:
-            self.precision = cfg.precision
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.model.to(self.device)
         self.net = torch.compile(model) if cfg.compile else model
         self._signal: int | None = None
@@ -105,19 +102,10 @@ class Trainer:
     # -- pieces -------------------------------------------------------------------------------
 
     def _autocast(self):
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16"))
+        return autocast(self.device, self.precision)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.optimizer_factory is not None:
-            return self.optimizer_factory(params, self.cfg)
-        c = self.cfg
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.learning_rate, momentum=0.9, weight_decay=c.weight_decay)
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
-        return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg, self.optimizer_factory)
 
     def evaluate(self, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
         """metric_fn on a whole split in eval mode, without gradients, under the training precision."""
@@ -384,6 +372,28 @@ class Trainer:
                 self.on_epoch(dict(record))
             except Exception as exc:  # a broken monitor must not kill a training run
                 self.log.warning(f"on_epoch callback failed: {exc}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 autocast on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
+def make_optimizer(params: list, cfg: TrainerConfig, factory: Callable | None = None) -> torch.optim.Optimizer:
+    if factory is not None:
+        return factory(params, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def seed_everything(seed: int) -> None:
