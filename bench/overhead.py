@@ -150,7 +150,7 @@ def measure(name: str, tmp: Path, repeats: int, epochs: int, run_s: float = 5.0,
     }
 
 
-def run(repeats: int = 3, epochs: int = 3, models: str = "") -> list[dict]:
+def run(repeats: int = 5, epochs: int = 3, models: str = "") -> list[dict]:
     from unified_pipeline.models.registry import MODELS
 
     names = models.split(",") if models else list(MODELS)

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from unified_pipeline.models import causal_reasoning
-from unified_pipeline.training.trainer import Trainer, TrainSummary, autocast, make_optimizer, resolve_precision
+from unified_pipeline.training.fit_settings import autocast, make_optimizer, resolve_precision
+from unified_pipeline.training.trainer import Trainer, TrainSummary
 from unified_pipeline.training.trainer_config import TrainerConfig
 
 SOLVERS = ("notears_linear", "notears_mlp")

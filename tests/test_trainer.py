@@ -1,6 +1,7 @@
 """Trainer: learns, lr schedule, early stopping, best-weight restore, determinism, control file, fit_classifier."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -97,6 +98,26 @@ def test_deterministic_runs():
     assert [r["train_loss"] for r in s1.history] == [r["train_loss"] for r in s2.history]
     m3, _ = worker.train(None, epochs=3, seed=4)
     assert not all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m3.state_dict().values()))
+
+
+def test_fit_settings_deterministic_no_nan_fill_old_objects_frozen_and_restored_after():
+    (x, y), val = worker.make_data()
+    seen = []
+
+    def state():
+        return (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+                gc.get_freeze_count() > 0)
+
+    def loss(model, batch):
+        seen.append(state())
+        return cross_entropy_loss(model, batch)
+
+    before = state()
+    assert before[2] is False
+    Trainer(worker.build_model(), TrainerConfig(epochs=1, batch_size=32), loss_fn=loss,
+            metric_fn=classification_metric_fn, checkpoint_dir=None).fit((x, y), val)
+    assert set(seen) == {(True, False, True)}
+    assert state() == before
 
 
 def test_from_hparams_aliases_and_errors():

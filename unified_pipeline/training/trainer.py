@@ -8,22 +8,24 @@ write a checkpoint at the next step boundary and then raise `TrainingInterrupted
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-import random
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from unified_pipeline.errors import ConfigError, DatasetError, PipelineError
 from unified_pipeline.training import checkpoints as ckpt
 from unified_pipeline.training.control import ControlPoller
+from unified_pipeline.training.fit_settings import (autocast, fit_process_settings, lr_factor, make_optimizer,
+                                                     resolve_precision, seed_everything)
 from unified_pipeline.training.trainer_config import TrainerConfig
 
 
@@ -48,14 +50,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training interrupted by signal {signum}; checkpoint: {checkpoint}")
         self.signum = signum
         self.checkpoint = checkpoint
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the base learning rate used for optimiser step `step` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
@@ -168,14 +162,20 @@ class Trainer:
             raise KeyboardInterrupt(f"signal {signum}")
         self._signal = signum
 
-    def _install_signals(self) -> dict:
+    @contextlib.contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        self._signal = None
         if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.getsignal(sig)
+            yield
+            return
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in old:
             signal.signal(sig, self._on_signal)
-        return old
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def _apply(self, cmd: dict, loop: _Loop, opt, sched, record_cmds: list) -> None:
         if "lr" in cmd:
@@ -247,13 +247,8 @@ class Trainer:
                     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self._signal = None
-        old_handlers = self._install_signals()
         run_start_epoch = loop.epoch
-        try:
+        with fit_process_settings(self.device), self._signals_deferred():
             while loop.epoch < cfg.epochs and not loop.finished:
                 if loop.step == 0:
                     loop.shuffle_state = ckpt._b64(gen.get_state())
@@ -308,10 +303,6 @@ class Trainer:
                 self._end_epoch(loop, val, lr_used, cmds, stop, run_start_epoch, started, gen, opt, sched, scaler)
                 if self._signal is not None:
                     raise TrainingInterrupted(self._signal, self._last_saved)
-        finally:
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-            torch.use_deterministic_algorithms(deterministic)
         self.model.load_state_dict(self._best_state)
         return TrainSummary(
             history=loop.history, best_epoch=loop.best_epoch,
@@ -372,36 +363,6 @@ class Trainer:
                 self.on_epoch(dict(record))
             except Exception as exc:  # a broken monitor must not kill a training run
                 self.log.warning(f"on_epoch callback failed: {exc}")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" is bf16 autocast on CUDA and fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
-
-
-def make_optimizer(params: list, cfg: TrainerConfig, factory: Callable | None = None) -> torch.optim.Optimizer:
-    if factory is not None:
-        return factory(params, cfg)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def check_split(name: str, tensors: tuple[torch.Tensor, ...]) -> int:
