@@ -66,3 +66,17 @@ def test_solver_calls_are_recorded_and_restored():
     assert call.solver == "notears_linear" and call.rows == 200 and call.seconds > 0 and steps
     assert max(abs(w[0, 1]), abs(w[1, 0])) > 0.3  # the recorded call did the real solve
     assert plain_solve(call) > 0
+
+
+def test_median_interval_holds_the_median_is_seeded_and_narrows_with_agreeing_pairs():
+    import statistics
+
+    from bench.overhead import median_interval
+
+    scattered = [0.93, 0.95, 1.01, 0.88, 1.05, 0.91, 0.99]
+    low, high = median_interval(scattered)
+    assert low <= statistics.median(scattered) <= high and (low, high) == median_interval(scattered)
+    agreeing = [0.98, 0.99, 1.0, 1.0, 1.01, 1.02, 0.99]
+    a_low, a_high = median_interval(agreeing)
+    assert a_high - a_low < high - low
+    assert median_interval([0.9, 1.1]) == (0.9, 1.1)  # too few pairs to resample: the range

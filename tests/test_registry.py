@@ -116,7 +116,7 @@ def test_promotion_rules_and_reasons(reg, tmp_path):
     assert better.promoted
 
     missing = reg.register(M, model_folder(tmp_path, "i", None), lineage=lineage(), metric="accuracy")
-    assert not missing.promoted and missing.reason == f"v9 has no test accuracy; production stays v8"
+    assert not missing.promoted and missing.reason == "v9 has no test accuracy; production stays v8"
     promotes = [e for e in reg.events(M) if e["event"] == "promote"]
     assert [e["version"] for e in promotes] == [f"{M}/v{n}" for n in (1, 4, 5, 8)]
 

@@ -105,19 +105,28 @@ def test_fit_settings_deterministic_no_nan_fill_old_objects_frozen_and_restored_
     seen = []
 
     def state():
-        return (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
-                gc.get_freeze_count() > 0)
+        return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory, gc.get_freeze_count() > 0)
 
     def loss(model, batch):
         seen.append(state())
         return cross_entropy_loss(model, batch)
 
+    def fit():
+        Trainer(worker.build_model(), TrainerConfig(epochs=1, batch_size=32), loss_fn=loss,
+                metric_fn=classification_metric_fn, checkpoint_dir=None).fit((x, y), val)
+
     before = state()
-    assert before[2] is False
-    Trainer(worker.build_model(), TrainerConfig(epochs=1, batch_size=32), loss_fn=loss,
-            metric_fn=classification_metric_fn, checkpoint_dir=None).fit((x, y), val)
-    assert set(seen) == {(True, False, True)}
+    assert before[3] is False
+    fit()
+    assert set(seen) == {(True, True, False, True)}
     assert state() == before
+    try:  # a caller's own strict setting comes back as it was
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        fit()
+        assert state() == (True, False, before[2], False)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def test_from_hparams_aliases_and_errors():

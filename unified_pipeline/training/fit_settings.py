@@ -56,6 +56,7 @@ def fit_process_settings(device: torch.device) -> Iterator[None]:
     """Deterministic kernels on CPU (a resumed run ends with bit-identical weights) and objects
     older than the fit left out of garbage collections; the previous settings come back after."""
     deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -72,5 +73,5 @@ def fit_process_settings(device: torch.device) -> Iterator[None]:
     finally:
         if froze:
             gc.unfreeze()
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.utils.deterministic.fill_uninitialized_memory = fill
