@@ -34,6 +34,8 @@ from bench.replay import Recording, plain_fit, plain_solve, recording
 # The controller's study is shrunk so one run takes about a minute; its trials are ordinary
 # training runs of the three service models and are replayed like any other.
 HPARAMS = {"adaptive_learning_controller": {"budget_epochs": 2, "study_epochs": 4, "check_seeds": 1}}
+# Pairs go on past the minimum until the asset side has trained this long: short runs scatter most.
+MIN_TRAIN_S, MAX_PAIRS = 40.0, 12
 
 
 def _stage(name: str, home: Path) -> list[str]:
@@ -123,7 +125,7 @@ def median_interval(ratios: list[float], confidence: float = 0.9) -> tuple[float
 
 
 def measure(name: str, tmp: Path, repeats: int, epochs: int, run_s: float = 5.0, max_epochs: int = 60,
-            min_train_s: float = 40.0, max_repeats: int = 12) -> dict:
+            min_train_s: float = MIN_TRAIN_S, max_repeats: int = MAX_PAIRS) -> dict:
     """One warm-up asset run (not counted: first use of the model's kernels in this process), then
     asset/plain pairs in alternating order until `repeats` pairs and `min_train_s` of measured
     training on the asset side. Models whose warm-up trained for less than `run_s` seconds train
@@ -175,7 +177,8 @@ def run(repeats: int = 5, epochs: int = 3, models: str = "") -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
     save("overhead", rows, " ".join([
         "ratio = asset / plain samples/s (target >= 0.95): the median of the ratios of `pairs` asset/plain pairs",
-        f"run in alternating order (at least {repeats}, up to 12 until the asset side has trained for 40 s), after",
+        f"run in alternating order (at least {repeats}, up to {MAX_PAIRS} until the asset side has trained for",
+        f"{MIN_TRAIN_S:.0f} s), after",
         "one uncounted warm-up run; ratio_90ci: 90% percentile-bootstrap interval",
         "of that median; pair_ratios: the lowest and highest pair. samples/s columns: medians.",
         f"Epochs per training run: {epochs}, or more where that trains for under 5 s; early stopping off.",

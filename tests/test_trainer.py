@@ -16,7 +16,8 @@ from unified_pipeline.errors import ConfigError
 from unified_pipeline.models.base import BaseModel, register_architecture
 from unified_pipeline.training.classification import classification_metric_fn, cross_entropy_loss
 from unified_pipeline.training.control import write_command
-from unified_pipeline.training.trainer import Trainer, TrainerConfig, lr_factor
+from unified_pipeline.training.fit_settings import lr_factor
+from unified_pipeline.training.trainer import Trainer, TrainerConfig
 
 torch.set_num_threads(1)
 

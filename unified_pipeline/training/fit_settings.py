@@ -1,5 +1,6 @@
-"""What the trainer and a plain replay of its training (bench/replay.py) must do alike: the
-learning-rate schedule, optimiser, precision and seeding, and the process-wide settings of a fit."""
+"""What the trainer and a plain replay of its training (bench/replay.py) must do alike (the
+learning-rate schedule, optimiser, precision and seeding), and the process-wide settings of a fit,
+which the plain replay leaves at PyTorch's defaults on purpose."""
 from __future__ import annotations
 
 import contextlib
