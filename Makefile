@@ -1,21 +1,44 @@
-# Everything goes through the project's own virtualenv; only python3 (3.10+) and make are needed.
+# Everything goes through the project's own virtualenv; only python3 (3.11 or 3.12) and make are needed.
+# The virtualenv holds exactly the versions in uv.lock; uv itself is bootstrapped from the registry
+# into .tools/ at the version (and wheel hashes) in tools/uv-requirements.txt.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 JOB ?= collaborative_training
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install run test dev sample-data dagster-home bench clean
+.PHONY: install run test dev sample-data dagster-home bench clean distclean lock lock-upgrade check-lock
 
-$(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(UV): tools/uv-requirements.txt
+	test -x .tools/bin/python || $(PY) -m venv .tools
+	.tools/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r tools/uv-requirements.txt
+	touch $@
+
+# --locked refuses to install when pyproject.toml and uv.lock disagree; sync removes anything not in the lock.
+# The venv is seeded with pip so tools that read `pip freeze` work; sync leaves the seed alone.
+$(BIN)/.installed: pyproject.toml uv.lock $(UV)
+	test -x $(BIN)/python || $(UV) venv --seed -q --python $(PY) $(VENV)
+	$(UV) sync --locked --extra dev --python $(PY)
 	touch $@
 
 install: $(BIN)/.installed
+
+# Re-resolve after editing pyproject.toml, keeping every other pin; lock-upgrade moves all pins on purpose.
+lock: $(UV)
+	$(UV) lock
+
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade
+
+# The lock matches pyproject.toml and .venv holds exactly what the lock says.
+check-lock: $(UV)
+	$(UV) lock --check
+	$(UV) sync --locked --extra dev --check
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
@@ -39,3 +62,6 @@ bench: install
 
 clean:
 	rm -rf .unified .dagster_home
+
+distclean: clean
+	rm -rf $(VENV) .tools

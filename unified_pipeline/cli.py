@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from unified_pipeline import install_check
 from unified_pipeline.errors import ConfigError, PipelineError
 from unified_pipeline.step_progress import BAR_ENV
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        install_check.require_consistent_install()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

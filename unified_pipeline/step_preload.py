@@ -5,11 +5,22 @@ import os
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+import sys  # noqa: E402
+
+from unified_pipeline.install_check import BrokenInstall, require_loadable_extensions  # noqa: E402
+
+try:
+    require_loadable_extensions()
+except BrokenInstall as exc:
+    # The forkserver skips a preload that raises ImportError and dies on anything else, which the
+    # executor would report only as an EOFError per step: say it once, then let steps fail on their own.
+    print(f"error: {exc} (hint: {exc.hint})", file=sys.stderr)
+    raise ImportError(str(exc)) from None
+
 import great_expectations  # noqa: E402,F401
 import pandas  # noqa: E402,F401
 import safetensors.torch  # noqa: E402,F401
 import torch  # noqa: E402,F401
-import torchaudio  # noqa: E402,F401
 
 import unified_pipeline.definitions  # noqa: E402,F401
 import unified_pipeline.quality.runner  # noqa: E402,F401
