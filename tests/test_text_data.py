@@ -106,3 +106,24 @@ def test_langid_generator_deterministic(tmp_path):
     m = manifest(a)
     assert len(m) == 60 and sorted(m.label.unique()) == ["de", "en", "fi"]
     assert validate("text", m).success
+
+
+def test_auto_length_covers_most_texts_and_reports_what_it_cuts(tmp_path):
+    root = tmp_path / "t"
+    # 300 short messages (10-29 characters) and 3 long ones (300): the long tail must not set the length.
+    rows = ["text,label"] + [f"{'x' * (10 + i % 20)}{i},{'a' if i % 2 else 'b'}" for i in range(300)]
+    rows += [f"{'y' * 300}{i},a" for i in range(3)]
+    write_csv(root, "a.csv", rows)
+    m = manifest(root)
+    facts = KIND.manifest_facts(m, PreprocessConfig())
+    train = m[m.split == "train"]["length"]
+    assert facts["max_text_len"] >= int(train.quantile(0.9)) and facts["max_text_len"] < 300
+    assert facts["texts_cut"] == int((m["length"] > facts["max_text_len"]).sum()) >= 3
+    assert facts["longest_text"] == 301 and "98th percentile" in facts["max_text_len_choice"]
+    bundle = KIND.build_tensors(root, m, PreprocessConfig())
+    assert bundle.meta["max_len"] == facts["max_text_len"] == bundle.tensors["train/x"].shape[1]
+    assert bundle.meta["facts"] == facts
+    fixed = KIND.build_tensors(root, m, PreprocessConfig(max_text_len=16))
+    assert fixed.meta["max_len"] == 16 and fixed.meta["facts"]["texts_cut"] == int((m["length"] > 16).sum())
+    with pytest.raises(DatasetError, match="max_text_len must be a positive number"):
+        KIND.build_tensors(root, m, PreprocessConfig(max_text_len="long"))

@@ -154,6 +154,8 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         report = validate(ref.kind, df, current)
         value = {"dataset": ref.name, "kind": ref.kind, "data_version": version, "manifest": str(path), "rows": len(df)}
         preview = df.drop(columns=[c for c in ("text",) if c in df.columns]).head(10)
+        facts_of = getattr(get_kind(ref.kind), "manifest_facts", None)  # e.g. how many texts the length cuts
+        facts = facts_of(df, preprocess_config(current)) if facts_of else {}
         yield Output(
             value,
             data_version=DataVersion(version),
@@ -163,6 +165,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
                 "manifest": MetadataValue.path(str(path)),
                 "splits": MetadataValue.json(df["split"].value_counts().to_dict() if "split" in df else {}),
                 "preview": MetadataValue.md(preview.to_markdown(index=False) if _has_tabulate() else preview.to_string()),
+                **facts,
             },
         )
         yield AssetCheckResult(
@@ -196,6 +199,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
                 "splits": MetadataValue.json(meta.get("splits", {})),
                 "classes": MetadataValue.json(meta.get("classes", [])),
                 "size_bytes": sum(p.stat().st_size for p in folder.iterdir()),
+                **meta.get("facts", {}),
             },
         )
 

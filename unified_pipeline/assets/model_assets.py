@@ -64,18 +64,31 @@ def run_config_overrides(config: TrainConfig, entry: ModelEntry, preset_hparams:
     return {**config.hparams, **named}
 
 
-def quality_verdict(entry: ModelEntry, metrics: dict, threshold: float) -> tuple[bool, dict]:
+def quality_verdict(entry: ModelEntry, metrics: dict, threshold: float | None) -> tuple[bool, dict]:
     """The test metric reaches the threshold and, where the run trained a baseline on the same
-    split (text n-gram model, from-scratch twin, student without teacher), beats it."""
-    value = metrics.get("test", {}).get(entry.metric)
-    baseline = metrics.get("baseline", {}).get(entry.metric)
-    better = (lambda a, b: a >= b) if entry.higher_is_better else (lambda a, b: a <= b)
-    ok = isinstance(value, (int, float)) and value == value and better(value, threshold)
-    meta: dict = {"metric": entry.metric, "value": float(value) if isinstance(value, (int, float)) else float("nan"),
-                  "threshold": float(threshold)}
+    split (text n-gram model, from-scratch twin, student without teacher), beats it.
+
+    A model whose headline cannot be computed on the data it got (no ground truth, say) names the
+    metric to check instead, and why, under metrics["check"]; a None threshold leaves only the baseline.
+    """
+    rule = metrics.get("check") if isinstance(metrics.get("check"), dict) else {}
+    metric = rule.get("metric", entry.metric)
+    higher = rule.get("higher_is_better", entry.higher_is_better)
+    threshold = rule.get("threshold") if rule else threshold
+    value = metrics.get("test", {}).get(metric)
+    baseline = metrics.get("baseline", {}).get(metric)
+    better = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
+    ok = isinstance(value, (int, float)) and value == value and (threshold is None or better(value, threshold))
+    meta: dict = {"metric": metric, "value": float(value) if isinstance(value, (int, float)) else float("nan")}
+    if threshold is not None:
+        meta["threshold"] = float(threshold)
+    if rule.get("why"):
+        meta["why_this_metric"] = rule["why"]
     if isinstance(baseline, (int, float)):
         meta["baseline"] = float(baseline)
         ok = ok and isinstance(value, (int, float)) and value != baseline and better(value, baseline)
+    elif threshold is None:
+        ok = False  # nothing to compare with
     return bool(ok), meta
 
 

@@ -31,7 +31,7 @@ class PreprocessConfig:
     sample_rate: int = 16000
     n_mels: int = 40
     max_audio_seconds: float = 1.5
-    max_text_len: int = 64
+    max_text_len: int | str = "auto"  # characters; "auto" chooses from the data (datasets/text.py)
     extra: dict[str, Any] = field(default_factory=dict)
     # Where per-file progress goes (a Dagster context.log or a logger); not a preprocessing knob.
     log: Any = field(default=None, compare=False, repr=False)

@@ -3,8 +3,9 @@
 Layout: `<name>.csv` (header = variable names, one observation per row), optional
 `adjacency.csv` (the same names as header, then a square 0/1 matrix with A[i,j]=1 for
 i -> j, rows in header order; a leading row-name column is accepted) and optional
-`sem.json` (how a generator made the data; copied to meta). The ground truth must be a DAG:
-a cycle is a DatasetError that names it.
+`sem.json` (how a generator made the data; copied to meta). A ground truth with a cycle (a
+feedback loop, common in measured systems) is accepted for scoring: the cycle is named in a
+warning and in the tensors' meta (`ground_truth_cycle`).
 
 One manifest row per observation with its values in columns `x:<name>`; a cell that is
 empty, non-numeric or non-finite leaves the row `decodable=False` with the column named.
@@ -13,6 +14,7 @@ Rows are split by the hash of their content.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from unified_pipeline.errors import DatasetError
 ADJACENCY = "adjacency.csv"
 SEM = "sem.json"
 PREFIX = "x:"
+log = logging.getLogger(__name__)
 
 
 def _number(text: str) -> bool:
@@ -66,7 +69,9 @@ class CausalKind:
         if raw.empty:
             raise DatasetError(f"{root / rel}: no data rows (header only)")
         if ADJACENCY in file_hashes:
-            read_adjacency(root / ADJACENCY, names)
+            cycle = ground_truth_cycle(read_adjacency(root / ADJACENCY, names), names)
+            if cycle:
+                log.warning("%s: the ground-truth graph has a cycle (%s); it is scored as given", root / ADJACENCY, cycle)
         values = raw.apply(lambda s: pd.to_numeric(s.str.strip(), errors="coerce")).astype("float64")
         bad = ~np.isfinite(values.to_numpy())
         errors = [None if not b.any() else "non-finite or non-numeric: " + ", ".join(
@@ -107,8 +112,11 @@ class CausalKind:
             tensors[f"{split}/x"] = torch.from_numpy(np.ascontiguousarray(x[sel]))
             counts[split] = int(len(sel))
         has_truth = (root / ADJACENCY).is_file()
+        cycle = None
         if has_truth:
-            tensors["adjacency"] = torch.from_numpy(read_adjacency(root / ADJACENCY, names).astype(np.float32))
+            adjacency = read_adjacency(root / ADJACENCY, names)
+            cycle = ground_truth_cycle(adjacency, names)
+            tensors["adjacency"] = torch.from_numpy(adjacency.astype(np.float32))
         sem = None
         if (root / SEM).is_file():
             try:
@@ -117,7 +125,7 @@ class CausalKind:
                 raise DatasetError(f"{root / SEM}: invalid JSON ({exc})") from exc
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": folder_version(root), "splits": counts,
-            "columns": names, "has_ground_truth": has_truth,
+            "columns": names, "has_ground_truth": has_truth, "ground_truth_cycle": cycle,
             "mean": train.astype(np.float64).mean(axis=0).tolist(),
             "std": np.maximum(train.astype(np.float64).std(axis=0), 1e-6).tolist(), "sem": sem,
         }
@@ -132,7 +140,7 @@ class CausalKind:
 
 
 def read_adjacency(path: Path, names: list[str]) -> np.ndarray:
-    """The 0/1 ground-truth matrix in `names` order; refuses wrong names, shape, values or a cycle."""
+    """The 0/1 ground-truth matrix in `names` order; refuses wrong names, shape or values."""
     frame = read_csv_frame(path)
     header = list(frame.columns)
     if len(header) == len(names) + 1 and header[0] not in names:  # leading row-name column
@@ -151,12 +159,13 @@ def read_adjacency(path: Path, names: list[str]) -> np.ndarray:
                 raise DatasetError(f"{path}: row {i}, column {col}: {cell!r} is not 0 or 1")
     order = [header.index(n) for n in names]
     adj = frame.to_numpy(dtype=str)
-    adj = np.vectorize(lambda s: int(float(s)))(adj)[np.ix_(order, order)]
+    return np.vectorize(lambda s: int(float(s)))(adj)[np.ix_(order, order)]
+
+
+def ground_truth_cycle(adj: np.ndarray, names: list[str]) -> str | None:
+    """One feedback loop of the true graph as "A -> B -> A", or None for a DAG."""
     cycle = find_cycle(adj)
-    if cycle:
-        raise DatasetError(f"{path}: the ground-truth graph has a cycle: {' -> '.join(names[i] for i in cycle)}",
-                           hint="a causal ground truth must be a DAG")
-    return adj
+    return " -> ".join(names[i] for i in cycle) if cycle else None
 
 
 def find_cycle(adj: np.ndarray) -> list[int] | None:

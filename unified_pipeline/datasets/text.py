@@ -84,7 +84,9 @@ class TextKind:
         texts = manifest["text"].fillna("").astype(str).tolist()
         vocab = build_char_vocab([t for t, s in zip(texts, splits) if s == "train"] or texts,
                                  int(cfg.extra.get("min_char_count", 1)))
-        ids = encode_chars(texts, vocab, int(cfg.max_text_len))
+        max_len, facts = length_facts(manifest["length"].to_numpy()[splits == "train"], manifest["length"].to_numpy(),
+                                      cfg.max_text_len)
+        ids = encode_chars(texts, vocab, max_len)
         classes = sorted(manifest["label"].astype(str).unique())
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[c] for c in manifest["label"].astype(str)], dtype=np.int64)
@@ -99,9 +101,14 @@ class TextKind:
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": folder_version(root),
             "splits": counts, "classes": classes, "vocab": vocab, "tokenizer": "char",
-            "max_len": int(cfg.max_text_len), "pad_id": 0, "unknown_id": 1,
+            "max_len": max_len, "pad_id": 0, "unknown_id": 1, "facts": facts,
         }
         return TensorBundle(tensors=tensors, meta=meta, sidecars={"texts": raw, "samples": sample_ids})
+
+    def manifest_facts(self, manifest: pd.DataFrame, cfg: PreprocessConfig) -> dict:
+        lengths = manifest["length"].to_numpy()
+        train = lengths[(manifest["split"] == "train").to_numpy()] if "split" in manifest else lengths
+        return length_facts(train, lengths, cfg.max_text_len)[1]
 
     def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
         from unified_pipeline.datasets.samples.langid_text import generate_langid
@@ -129,6 +136,34 @@ def _manifest_row(rel: str, row_no: int, rec: dict | str, file_sha: str) -> dict
         "split": None, "decodable": error is None, "error": error,
         "file_sha256": file_sha,
     }
+
+
+# "auto" covers this share of the training texts in full; the cap bounds attention's quadratic cost.
+LENGTH_PERCENTILE = 98
+MAX_LEN_CAP = 512
+MIN_LEN = 8
+
+
+def length_facts(train_lengths: np.ndarray, all_lengths: np.ndarray, setting: int | str) -> tuple[int, dict]:
+    """The maximum length in characters (a number, or "auto": the 98th percentile of the training
+    texts, capped) and what it costs: how many texts of the dataset it cuts."""
+    if setting == "auto":
+        basis = train_lengths if len(train_lengths) else all_lengths
+        chosen = int(np.ceil(np.percentile(basis, LENGTH_PERCENTILE))) if len(basis) else MIN_LEN
+        max_len = min(max(chosen, MIN_LEN), MAX_LEN_CAP)
+        how = f"auto: {LENGTH_PERCENTILE}th percentile of {len(basis)} training texts, within [{MIN_LEN}, {MAX_LEN_CAP}]"
+    else:
+        try:
+            max_len = int(setting)
+        except (TypeError, ValueError):
+            raise DatasetError(f"max_text_len must be a positive number or \"auto\", got {setting!r}") from None
+        if max_len < 1:
+            raise DatasetError(f"max_text_len must be a positive number or \"auto\", got {setting!r}")
+        how = "set in the preset"
+    cut = int((all_lengths > max_len).sum())
+    return max_len, {"max_text_len": max_len, "max_text_len_choice": how, "texts_cut": cut,
+                     "texts_cut_fraction": round(cut / max(len(all_lengths), 1), 4),
+                     "longest_text": int(all_lengths.max()) if len(all_lengths) else 0}
 
 
 def build_char_vocab(texts: list[str], min_count: int = 1) -> list[str]:
