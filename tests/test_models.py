@@ -263,6 +263,11 @@ def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, numbers, vis
     job = _job(work, "multimodal_service", {"bars": vb, "tones": ab, "numbers": numbers}, hp, upstream)
     result = multimodal_fusion.fit(job)
     assert result.metrics["test"]["accuracy"] >= 0.75  # chance is 1/2
+    by_side = {k: v for k, v in result.metrics["test"].items() if k.startswith("accuracy_")}
+    assert set(by_side) == {"accuracy_all_sides_match", "accuracy_only_vision_differs",
+                            "accuracy_only_audio_differs", "accuracy_only_text_differs"}
+    assert json.loads((job.out_dir / "metrics.json").read_text())["test"]["accuracy_only_text_differs"] == \
+        by_side["accuracy_only_text_differs"]
     assert 0.0 <= result.metrics["baseline"]["accuracy"] <= 1.0
     assert result.notes["baseline_name"] == "same architecture from scratch"
     assert set(result.notes["upstream"]) == {"vision", "audio", "text"}

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.audio_rnn import AudioRNN, AudioRNNConfig
 from unified_pipeline.models.base import BaseModel, register_architecture
@@ -137,6 +138,13 @@ def make_tuples(sides: Sequence[tuple[torch.Tensor, list[str]]], n: int,
 
     Half match. A non-matching tuple keeps the key on some sides and gives the others (at least
     one, never all) a different key each, so every side has to be read to answer."""
+    index, match, _ = make_tuples_with_changes(sides, n, seed)
+    return index, match
+
+
+def make_tuples_with_changes(sides: Sequence[tuple[torch.Tensor, list[str]]], n: int,
+                             seed: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """make_tuples plus, per tuple, a bit mask of the sides given a different key (0: a match)."""
     keys = [[label_key(classes[int(i)]) for i in y] for y, classes in sides]
     shared = sorted(set.intersection(*(set(k) for k in keys)))
     if not shared:
@@ -146,7 +154,7 @@ def make_tuples(sides: Sequence[tuple[torch.Tensor, list[str]]], n: int,
     rng = random.Random(seed)
     m = len(sides)
     index: list[list[int]] = [[] for _ in range(m)]
-    match = []
+    match, changes = [], []
     for t in range(n):
         key = rng.choice(shared)
         positive = t % 2 == 0 or len(shared) == 1
@@ -155,7 +163,8 @@ def make_tuples(sides: Sequence[tuple[torch.Tensor, list[str]]], n: int,
             k = rng.choice([x for x in shared if x != key]) if changed >> s & 1 else key
             index[s].append(rng.choice(members[s][k]))
         match.append(int(positive))
-    return [torch.tensor(ix) for ix in index], torch.tensor(match)
+        changes.append(changed)
+    return [torch.tensor(ix) for ix in index], torch.tensor(match), torch.tensor(changes)
 
 
 def _upstream(job: FitJob) -> dict[str, Path]:
@@ -182,19 +191,39 @@ def _tokens(tb, split: str, text_extra: dict) -> torch.Tensor:
     return encode_texts(texts, text_extra)
 
 
-def _tuple_data(bundles: dict, job: FitJob, text_extra: dict) -> dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    data = {}
+def _tuple_data(bundles: dict, job: FitJob, text_extra: dict
+                ) -> tuple[dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]], torch.Tensor]:
+    """Tuples per split, and for the test tuples which sides differ (make_tuples_with_changes)."""
+    data, changes = {}, {}
     for split, offset in SPLIT_OFFSET.items():
         parts = {s: b.split(split) for s, b in bundles.items()}
         empty = [bundles[s].meta.get("dataset") for s, p in parts.items() if len(p.get("y", [])) == 0]
         if empty:
             raise DatasetError(f"multimodal_service: split {split!r} is empty in dataset(s) {empty}")
         n = int(job.hp("pairs_train") if split == "train" else job.hp("pairs_eval"))
-        (vi, ai, ti), match = make_tuples([(parts[s]["y"], bundles[s].meta["classes"]) for s in SIDES], n,
-                                          job.seed * 10 + offset)
+        (vi, ai, ti), match, changes[split] = make_tuples_with_changes(
+            [(parts[s]["y"], bundles[s].meta["classes"]) for s in SIDES], n, job.seed * 10 + offset)
         v, a = parts["vision"], parts["audio"]
         data[split] = ((v["x"][vi], a["x"][ai], a["lengths"][ai], _tokens(bundles["text"], split, text_extra)[ti]), match)
-    return data
+    return data, changes["test"]
+
+
+@torch.no_grad()
+def accuracy_by_side(model: nn.Module, test: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+                     changes: torch.Tensor) -> dict[str, float]:
+    """Test accuracy on matching tuples and on tuples where exactly one side differs: a side the
+    model cannot read shows up as chance-level accuracy on its own row."""
+    from unified_pipeline.training.classification import batched_logits
+
+    model.eval()
+    inputs, match = test
+    right = batched_logits(model, tuple(inputs)).argmax(-1).cpu() == match
+    out = {"accuracy_all_sides_match": right[changes == 0].float().mean().item()}
+    for bit, side in enumerate(SIDES):
+        alone = changes == 1 << bit
+        if alone.any():
+            out[f"accuracy_only_{side}_differs"] = right[alone].float().mean().item()
+    return out
 
 
 def fit(job: FitJob) -> FitResult:
@@ -211,7 +240,7 @@ def fit(job: FitJob) -> FitResult:
                                                      "image_size": [int(s) for s in vm["image_size"]]}, dirs["vision"])
     _check_compatible(cfgs["audio"]["config"], am, {"n_mels": int(am["n_mels"])}, dirs["audio"])
     text_extra = {k: v for k, v in cfgs["text"]["extra"].items() if k != "classes"}
-    data = _tuple_data(bundles, job, text_extra)
+    data, test_changes = _tuple_data(bundles, job, text_extra)
     names = {f.name for f in dataclasses.fields(FusionConfig)}
     head_hp = {k: v for k, v in job.hparams.items() if k in names - {*SIDES, "freeze_encoders"}}
     unknown = sorted(set(head_hp.get("finetune", [])) - set(SIDES))
@@ -244,6 +273,10 @@ def fit(job: FitJob) -> FitResult:
         getattr(model, side).load_state_dict(weights)
     sub = dataclasses.replace(job, checkpoint_dir=Path(job.checkpoint_dir) / "transfer")
     result = fit_classifier(sub, model, data, classes=CLASSES, extra=extra, baseline=baseline, baseline_name=BASELINE_NAME)
+    by_side = accuracy_by_side(model, data["test"], test_changes)
+    result.metrics["test"].update(by_side)
+    atomic.write_json(Path(job.out_dir) / "metrics.json", result.metrics)
+    job.log.info("multimodal_service test accuracy by side: %s", {k: round(v, 3) for k, v in by_side.items()})
     result.notes["transfer"] = "encoders loaded from upstream models and frozen; fusion head trained"
     result.notes["upstream"] = {s: str(d) for s, d in dirs.items()}
     return result
