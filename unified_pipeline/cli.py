@@ -12,6 +12,7 @@ from pathlib import Path
 
 from unified_pipeline import install_check
 from unified_pipeline.errors import ConfigError, PipelineError
+from unified_pipeline.models.registry import declared_models
 from unified_pipeline.step_progress import BAR_ENV
 
 LATEST = "latest"  # `train --resume` without a run id
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         install_check.require_consistent_install()
+        declared_models()  # model instances of the preset are CLI names too
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from unified_pipeline.errors import ConfigError
-from unified_pipeline.models.registry import MODELS
+from unified_pipeline.models.registry import MODELS, declared_models
 
 
 def model_dir(name: str, version: str | int | None = None) -> Path:
     """Folder of a verified registered version (checksums checked before anything loads)."""
     from unified_pipeline.registry import ModelRegistry
 
-    if name not in MODELS:
+    if name not in declared_models():
         raise ConfigError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
     return ModelRegistry().model_dir(name, version)
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unified_pipeline.errors import ConfigError
-from unified_pipeline.models.registry import MODELS
+from unified_pipeline.models.registry import MODELS, register_instance, reset_instances
 from unified_pipeline.paths import project_root
 from unified_pipeline.registry.aliases import DEFAULT_RULE, RULES
 
@@ -97,16 +97,43 @@ class HardwareConfiguration(_Section):
     compile: bool = False
 
 
+class ModelInstance(_Section):
+    """A model trained like a built-in one on datasets of its own; its name is its asset, registry
+    line, check and CLI name. Declaring a built-in name redefines that default instance."""
+
+    architecture: str
+    datasets: list[str] = Field(default_factory=list)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    upstream: dict[str, str] = Field(default_factory=dict)  # built-in upstream model -> declared model
+    description: str = ""
+
+
 class Preset(_Section):
     preset_name: str
     preset_version: str = "1.0"
     description: str = ""
     data_configuration: dict[str, Any] = Field(default_factory=dict)
+    # Validated before the sections that name models, so those may name the instances.
+    model_instances: dict[str, ModelInstance] = Field(default_factory=dict)
     training_scenarios: dict[str, Scenario]
     training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
     hardware_configuration: HardwareConfiguration = Field(default_factory=HardwareConfiguration)
     model_specific_presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data_preprocessing: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("model_instances")
+    @classmethod
+    def _register_instances(cls, v: dict[str, ModelInstance]) -> dict[str, ModelInstance]:
+        reset_instances()
+        pending = dict(v)
+        while pending:  # an instance may swap in another instance as its upstream: register that first
+            ready = [n for n, i in pending.items() if not set(i.upstream.values()) & set(pending)]
+            if not ready:
+                raise ValueError(f"model instances {sorted(pending)} name each other as upstream in a loop")
+            for name in ready:
+                inst = pending.pop(name)
+                register_instance(name, inst.architecture, inst.datasets, inst.upstream, inst.description)
+        return v
 
     @field_validator("model_specific_presets")
     @classmethod
@@ -174,6 +201,11 @@ class Preset(_Section):
         }
         if sc.learning_rate is not None:
             out["learning_rate"] = sc.learning_rate
+        entry = MODELS.get(model)
+        if entry is not None and entry.base != model:  # an instance starts from its architecture's preset
+            out.update({k: v for k, v in self.model_specific_presets.get(entry.base, {}).items() if k != "datasets"})
+        if model in self.model_instances:
+            out.update(self.model_instances[model].hparams)
         out.update(self.model_specific_presets.get(model, {}))
         out.update(overrides or {})
         return out
@@ -208,7 +240,9 @@ def default_preset_path() -> Path:
 
 
 def load_preset(path: str | Path | None = None) -> Preset:
+    """Parse and check a preset; its `model_instances` become models of the registry (MODELS)."""
     path = Path(path) if path else default_preset_path()
+    reset_instances()  # a preset without the section gets the built-in models only
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

@@ -147,7 +147,8 @@ def _train_or_reuse(
     registry = _registry()
     upstream_versions = {}
     upstream_dirs: dict[str, Path] = {}
-    for up in entry.upstream_models:
+    # The asset passes the upstream models its graph resolved (an instance's stand-in included).
+    for up in (list(upstream) if upstream else entry.upstream_models):
         v = registry.resolve((upstream or {}).get(up) or f"{up}/production")
         upstream_versions[up] = v.name
         upstream_dirs[up] = registry.model_dir(up, v.number)

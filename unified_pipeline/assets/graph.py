@@ -1,6 +1,8 @@
 """Which datasets each model reads, the data lanes, and the asset selections of the jobs."""
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,6 +11,8 @@ from dagster import AssetSelection
 from unified_pipeline.assets.data_assets import UNRECOGNISED_GROUP, lane_assets, unrecognised_assets
 from unified_pipeline.datasets import DatasetRef, scan
 from unified_pipeline.models.registry import MODELS, ModelEntry
+
+log = logging.getLogger(__name__)
 
 
 def data_lanes(preprocess: Callable[[str], dict[str, Any]],
@@ -43,6 +47,8 @@ def datasets_for_model(entry: ModelEntry, refs: list[DatasetRef], preferred: lis
             continue
         wanted = [d for d in (preferred or []) if d in of_kind]
         default = entry.default_datasets[i] if i < len(entry.default_datasets) else ""
+        if entry.only_named_datasets and not wanted and default not in of_kind:
+            return None  # an instance's own dataset is missing: never train it on another one
         chosen.append(wanted[0] if wanted else default if default in of_kind else of_kind[0])
     return chosen
 
@@ -50,8 +56,15 @@ def datasets_for_model(entry: ModelEntry, refs: list[DatasetRef], preferred: lis
 def trainable_models(refs: list[DatasetRef], preferences: dict[str, list[str]]) -> dict[str, list[str]]:
     """Model name -> datasets, for models whose data (and upstream models) are all available."""
     out: dict[str, list[str]] = {}
-    for name, entry in MODELS.items():
+    for name, entry in list(MODELS.items()):
         ds = datasets_for_model(entry, refs, preferences.get(name))
+        if ds is not None and entry.upstream_fallbacks and any(up not in out for up in entry.upstream_models):
+            fallback = dict(entry.upstream_fallbacks)
+            ups = tuple(u if u in out else fallback.get(u, u) for u in entry.upstream_models)
+            if all(up in out for up in ups):
+                log.warning("%s: upstream %s has no data here; using %s instead", name,
+                            [u for u in entry.upstream_models if u not in out], [u for u in ups if u not in entry.upstream_models])
+                MODELS[name] = entry = replace(entry, upstream_models=ups)
         if ds is None or any(up not in out for up in entry.upstream_models):
             continue
         out[name] = ds

@@ -6,7 +6,8 @@ the model's module is imported inside the training step. Adding a model: one new
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class ModelEntry:
     # Models whose registered output tunes this model's hyperparameters when one exists (an
     # ordering edge in the graph, never required: the model trains on its preset without it).
     advisors: tuple[str, ...] = ()
+    architecture: str = ""  # for an instance declared in a preset: the built-in model it is a copy of
+    only_named_datasets: bool = False  # an instance trains on its named datasets or not at all
+    # Upstream swaps of an instance (new -> built-in): the built-in one stands in when the new one
+    # has no data here, so a preset written for one data set still builds on another.
+    upstream_fallbacks: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def base(self) -> str:
+        return self.architecture or self.name
 
 
 CONTROLLER = "adaptive_learning_controller"
@@ -67,3 +77,81 @@ MODELS: dict[str, ModelEntry] = {
                    group="concept_models"),
     ]
 }
+
+BUILT_IN = dict(MODELS)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def register_instance(name: str, architecture: str, datasets: list[str] | tuple[str, ...] = (),
+                      upstream: dict[str, str] | None = None, description: str = "") -> ModelEntry:
+    """Add (or, for a built-in name, redefine) a model trained like `architecture` on its own datasets.
+
+    `upstream` swaps an upstream model for another of the same architecture, e.g. a multimodal
+    model whose text side is an instance trained on the texts it will see. Raises ValueError.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"model instance name {name!r} must start with a letter and use only letters, digits and _")
+    if architecture not in BUILT_IN:
+        raise ValueError(f"model instance {name!r}: unknown architecture {architecture!r}; valid: {sorted(BUILT_IN)}")
+    if name in BUILT_IN and name != architecture:
+        raise ValueError(f"model instance {name!r} would replace the built-in model of that name; choose another name")
+    base = BUILT_IN[architecture]
+    swaps = dict(upstream or {})
+    unknown = sorted(set(swaps) - set(base.upstream_models))
+    if unknown:
+        raise ValueError(f"model instance {name!r}: {unknown} are not upstream models of {architecture}; "
+                         f"valid: {list(base.upstream_models)}")
+    for old, new in swaps.items():
+        if new not in MODELS or MODELS[new].base != BUILT_IN[old].base:
+            raise ValueError(f"model instance {name!r}: upstream {old} -> {new!r} needs a declared model of "
+                             f"architecture {BUILT_IN[old].base}")
+    if datasets and len(datasets) != len(base.dataset_kinds) and not base.all_datasets:
+        raise ValueError(f"model instance {name!r}: {architecture} reads one dataset of each kind "
+                         f"{list(base.dataset_kinds)}, got {list(datasets)}")
+    entry = replace(
+        base, name=name, architecture=architecture if name != architecture else "",
+        default_datasets=tuple(datasets) or base.default_datasets,
+        only_named_datasets=bool(datasets) and not base.all_datasets,
+        upstream_models=tuple(swaps.get(u, u) for u in base.upstream_models),
+        upstream_fallbacks=tuple((new, old) for old, new in swaps.items()),
+        advisors=base.advisors if name == architecture else (),
+        description=description or base.description,
+    )
+    MODELS[name] = entry
+    _upstream_first()
+    return entry
+
+
+def _upstream_first() -> None:
+    """Keep registry order with every upstream model before the models that read it."""
+    ordered: dict[str, ModelEntry] = {}
+
+    def visit(name: str) -> None:
+        if name not in ordered and name in MODELS:
+            for up in MODELS[name].upstream_models:
+                visit(up)
+            ordered[name] = MODELS[name]
+
+    for name in list(MODELS):
+        visit(name)
+    MODELS.clear()
+    MODELS.update(ordered)
+
+
+def reset_instances() -> None:
+    """Back to the built-in models only (loading another preset starts from here)."""
+    MODELS.clear()
+    MODELS.update(BUILT_IN)
+
+
+def declared_models() -> dict[str, ModelEntry]:
+    """MODELS with the current preset's instances registered (for callers that did not load it)."""
+    from unified_pipeline.errors import ConfigError
+    from unified_pipeline.presets import load_preset
+
+    if MODELS.keys() == BUILT_IN.keys():
+        try:
+            load_preset()
+        except ConfigError:
+            pass  # a broken preset is reported by the commands that read it; built-in models still work
+    return MODELS
