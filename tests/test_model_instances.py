@@ -120,3 +120,15 @@ def test_an_instance_trains_checks_registers_and_predicts_by_its_own_name(home, 
     assert main(["predict", "vision_b", str(image)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(str(image)) and out.split("\t")[1].split(" ")[0] in {"0", "1", "2"}
+
+
+def test_readme_instance_example_loads(tmp_path, monkeypatch):
+    from unified_pipeline.presets import load_preset
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Several models of one kind"):]
+    block = section[section.index("```json") + len("```json"):section.index("```", section.index("```json") + 7)]
+    instances = json.loads("{" + block.strip() + "}")["model_instances"]
+    preset = load_preset(write_preset(tmp_path, monkeypatch, instances))
+    assert MODELS["vision_cats"].default_datasets == ("cats",) and MODELS["vision_xray"].base == "vision_service"
+    assert preset.hparams("collaborative_training", "vision_cats")["epochs"] == 20
