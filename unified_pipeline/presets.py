@@ -74,6 +74,10 @@ class TrainingConfiguration(_Section):
     # how many versions to keep after each registration (None: prune only by hand).
     promotion_rule: str = DEFAULT_RULE
     keep_versions: int | None = Field(None, ge=1)
+    # A model step stopped by SIGTERM (eviction, spot notice) checkpoints and is retried this many
+    # times, after preemption_retry_delay_s, doubling each time (training/preemption.py).
+    preemption_retries: int = Field(2, ge=0, le=100)
+    preemption_retry_delay_s: float = Field(10.0, ge=0, le=3600)
 
     @field_validator("optimizer")
     @classmethod
