@@ -37,7 +37,7 @@ from unified_pipeline.training.trainer_config import as_flag
 
 # Settings that change how a run is carried out, or what happens to its version, but not what it computes.
 NON_SEMANTIC_HPARAMS = {"adaptive_strategy", "checkpoint_interval", "keep_last", "compile", "use_gpu", "precision",
-                        "promotion_rule", "keep_versions"}
+                        "promotion_rule", "keep_versions", "promotion_gate"}
 # Warm-start settings only matter when a run warm-starts; they join that run's fingerprint.
 WARM_PREFIX = "warm_start"
 
@@ -138,12 +138,15 @@ def _train_or_reuse(
     advisors: tuple[str, ...] = (),
     fixed: set[str] = frozenset(),
     upstream: dict[str, str] | None = None,
+    threshold: float | None = None,
 ) -> StepOutcome:
     """`preset_info`: the preset that produced `hparams` (registry.preset_lineage), kept in the lineage.
     `advisors`: models whose production strategy may tune `hparams` (training/strategy.py);
     `fixed`: keys the run config set, which advice never changes.
     `upstream`: the version ("model/vN") each upstream model asset produced in this run; an
-    upstream model not given uses its production version (CLI and Python callers)."""
+    upstream model not given uses its production version (CLI and Python callers).
+    `threshold`: of the model's asset check (default the registry entry's); with the preset's
+    `promotion_gate` on, promotion also needs that check and GX verdicts (registry/evidence.py)."""
     from unified_pipeline.registry import policy_from_hparams
 
     entry = MODELS[name]
@@ -268,10 +271,17 @@ def _train_or_reuse(
             "preemptions": earlier,
             **replay_record(job.seed, hparams),
         }
+        evidence = None
+        if as_flag(hparams.get("promotion_gate", False)):
+            from unified_pipeline.assets.model_assets import quality_verdict
+            from unified_pipeline.registry.evidence import collect
+
+            check = quality_verdict(entry, result.metrics, entry.threshold if threshold is None else threshold)
+            evidence = collect(tensor_dirs, check)
         reg = registry.register(
             name, staging, metrics=result.metrics, lineage=lineage, fingerprint=fp,
             metric=entry.metric, higher_is_better=entry.higher_is_better,
-            promote_rule=policy.promotion_rule, keep_versions=policy.keep_versions,
+            promote_rule=policy.promotion_rule, keep_versions=policy.keep_versions, evidence=evidence,
         )
         if reg.pruned is not None and reg.pruned.removed:
             log.info(f"{name}: keep_versions={policy.keep_versions} pruned {', '.join(reg.pruned.removed)}")

@@ -143,6 +143,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 advisors=tuple(advisors), fixed=set(overrides),
                 # The weights the upstream assets produced in this graph, promoted to production or not.
                 upstream={m: inputs[f"model_{m}"]["version"] for m in entry.upstream_models},
+                threshold=config.threshold,
             )
         except StepPreempted as exc:
             context.log.warning(f"{entry.name}: {exc} (attempt {context.retry_number + 1})")
