@@ -139,6 +139,18 @@ def test_cost_is_recorded_compared_and_summarised(env, capsys):
     (summary,) = summary_rows({M: {"version": v1.name, "metrics": v1.metrics, "cost": cost}})
     assert summary["cpu_s"] == cost["cpu_s"] and summary["samples_seen"] == cost["samples"]
 
+    # `make bench` (bench/cost.py): cost per percentage point of the headline metric, newest version.
+    from bench.cost import cost_rows
+
+    (row,) = cost_rows(ModelRegistry())
+    newest = ModelRegistry().get(M, "latest")
+    points = 100 * newest.metrics["test"]["accuracy"]
+    assert row["version"] == newest.name and row["cpu_s"] == newest.lineage["cost"]["cpu_s"]
+    if points > 0:
+        assert row["cpu_s_per_point"] == pytest.approx(row["cpu_s"] / points, rel=1e-3)
+    else:
+        assert row["cpu_s_per_point"] is None
+
 
 def test_reproduce_matches_on_cpu_and_refuses_when_the_data_is_gone(env, capsys, tmp_path):
     from unified_pipeline.registry import ModelRegistry

@@ -107,7 +107,7 @@ def per_point(cost: dict[str, Any], value: float | None, higher_is_better: bool 
     points = value * 100 if 0 <= value <= 1 and higher_is_better else abs(value)
     if points <= 0:
         return None
-    return {f"{k}_per_point": round(float(cost.get(k, 0.0)) / points, 4) for k in ("wall_s", "cpu_s", "gpu_s")}
+    return {f"{k}_per_point": float(f"{float(cost.get(k, 0.0)) / points:.6g}") for k in ("wall_s", "cpu_s", "gpu_s")}
 
 
 def metadata_numbers(cost: dict[str, Any]) -> dict[str, float]:
