@@ -155,3 +155,19 @@ def test_second_sigterm_during_the_save_keeps_the_previous_checkpoint(tmp_path, 
     assert summary.resumed_from == str(newest.path)
     for k, v in reference.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_retry_count_and_backoff_come_from_the_preset(tmp_path, monkeypatch):
+    from dagster import AssetKey, Backoff
+
+    from unified_pipeline.definitions import build_definitions
+
+    preset = json.loads((ROOT / "presets" / "training_preset.json").read_text())
+    preset["training_configuration"].update(preemption_retries=3, preemption_retry_delay_s=5)
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    tiny_data.text(tmp_path / "raw")
+    monkeypatch.setenv("UNIFIED_PRESET", str(tmp_path / "preset.json"))
+    monkeypatch.setenv("UNIFIED_DATA", str(tmp_path / "raw"))
+    monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
+    policy = build_definitions().resolve_assets_def(AssetKey([MODEL])).op.retry_policy
+    assert (policy.max_retries, policy.delay, policy.backoff) == (3, 5, Backoff.EXPONENTIAL)

@@ -147,6 +147,11 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
             )
         except StepPreempted as exc:
             context.log.warning(f"{entry.name}: {exc} (attempt {context.retry_number + 1})")
+            if context.retry_number >= (retry_policy.max_retries if retry_policy is not None else 0):
+                from unified_pipeline.error_report import write_error_report
+
+                # No retry left: the report names the resume command (`train --resume`).
+                write_error_report(entry.name, context.run_id, context.job_name, exc, run=context.run)
             raise  # the retry policy retries it; the retry resumes from the checkpoint
         except BaseException as exc:
             from unified_pipeline.error_report import write_error_report
