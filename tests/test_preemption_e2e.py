@@ -21,6 +21,7 @@ from unified_pipeline.training import checkpoints as ck
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, JOB = "text_service", "preemption_check"
 EPOCHS = 4
+STEP_DELAY_S = 0.1  # a training step sleeps this long (trainer test hook), so an epoch lasts >= 0.7 s
 
 
 def _preset(tmp_path: Path) -> Path:
@@ -68,7 +69,7 @@ def test_sigterm_mid_epoch_retries_resumes_and_matches_uninterrupted_run(tmp_pat
     (dhome / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNIFIED_HOME": str(home), "UNIFIED_DATA": str(raw),
            "DAGSTER_HOME": str(dhome), "UNIFIED_PRESET": str(_preset(tmp_path)), "UNIFIED_THREADS_PER_STEP": "1",
-           "UNIFIED_PROGRESS_BAR": "0", "UNIFIED_STEP_DELAY_S": "0.05", "GX_ANALYTICS_ENABLED": "false"}
+           "UNIFIED_PROGRESS_BAR": "0", "UNIFIED_STEP_DELAY_S": str(STEP_DELAY_S), "GX_ANALYTICS_ENABLED": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "dagster", "job", "execute", "-m", "unified_pipeline.definitions",
                              "-j", JOB], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -76,8 +77,8 @@ def test_sigterm_mid_epoch_retries_resumes_and_matches_uninterrupted_run(tmp_pat
         # Timed from the step's own progress record: the first epoch is done...
         state = _wait(lambda: (lambda s: s if s.get("status") == "running" and s.get("epoch", 0) >= 1 else None)(
             _progress(home)), proc, "the first epoch")
-        # Half an epoch later (the record gives the epoch's training time): mid-epoch 2.
-        time.sleep(float(state["time_s"]) / 2)
+        # ...and two slowed steps of the next one (of 7, STEP_DELAY_S each) later: mid-epoch 2.
+        time.sleep(2 * STEP_DELAY_S)
         os.kill(int(state["pid"]), signal.SIGTERM)
         seen_epoch = int(state["epoch"])
         stopped = _wait(lambda: (lambda s: s if s.get("status") == "preempted" else None)(_progress(home)),

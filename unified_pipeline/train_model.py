@@ -269,6 +269,7 @@ def _train_or_reuse(
             "resumed_from": result.resumed_from,
             "cost": cost,
             "preemptions": earlier,
+            "threads": lease.threads,  # CPU reductions may round differently with another thread count
             **replay_record(job.seed, hparams),
         }
         evidence = None

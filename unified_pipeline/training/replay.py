@@ -140,7 +140,9 @@ def reproduce(ref: str, scratch: Path | None = None, *, registry: Any = None, lo
         out_dir=out_dir, seed=int(lineage.get("seed", hparams.get("seed", 0))), log=log, warm_start=warm,
     )
     started = time.monotonic()
-    with devices.lease(unified_home() / "locks" / "devices"):  # same thread count as a pipeline step
+    with devices.lease(unified_home() / "locks" / "devices"):
+        if lineage.get("threads"):
+            torch.set_num_threads(int(lineage["threads"]))  # the thread count it was trained with
         result = importlib.import_module(entry.module).fit(job)
     wall = time.monotonic() - started
     identical, max_diff = compare_weights(version.path / "weights.safetensors", out_dir / "weights.safetensors")
