@@ -12,6 +12,7 @@ SECTIONS = {
     "gpu_busy": "bench.gpu_busy",
     "warm_start": "bench.warm_start",
     "controller": "bench.controller",
+    "cost": "bench.cost",
 }
 
 

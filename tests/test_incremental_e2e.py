@@ -17,6 +17,9 @@ def setup(home, tmp_path, monkeypatch):
     tiny_data.text(raw)
     preset = json.loads(open("presets/training_preset.json").read())
     preset["training_scenarios"]["collaborative_training"].update(epochs=2, batch_size=8)
+    # Two epochs on tiny data rarely pass the models' asset checks; this test is about reuse, and
+    # the controller's advice needs a production controller, so promotion is not gated here.
+    preset["training_configuration"]["promotion_gate"] = False
     for m in MODELS:
         preset["model_specific_presets"][m] = {"batch_size": 8}
     # The controller advises these models, so it runs first; a one-trial study keeps the test fast.

@@ -25,6 +25,7 @@ from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
 from unified_pipeline.k8s import k8s_executor, use_k8s
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.presets import ALL_DATASETS, load_preset
+from unified_pipeline.training.preemption import retry_policy as preemption_retry_policy
 
 warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
 try:  # beta / preview warnings of observable source assets and checks
@@ -64,8 +65,11 @@ def build_definitions() -> Definitions:
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
     models = trainable_models(refs, prefs)
     advised = {a: [m for m in models if a in MODELS[m].advisors] for a in models}
+    tc = preset.training_configuration
+    retry = preemption_retry_policy(tc.preemption_retries, tc.preemption_retry_delay_s)
     model_assets = [
-        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m])
+        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m],
+                    retry_policy=retry)
         for m, ds in models.items()
     ]
     if models:

@@ -74,6 +74,13 @@ class TrainingConfiguration(_Section):
     # how many versions to keep after each registration (None: prune only by hand).
     promotion_rule: str = DEFAULT_RULE
     keep_versions: int | None = Field(None, ge=1)
+    # A model step stopped by SIGTERM (eviction, spot notice) checkpoints and is retried this many
+    # times, after preemption_retry_delay_s, doubling each time (training/preemption.py).
+    preemption_retries: int = Field(2, ge=0, le=100)
+    # production moves only with evidence: GX passed on every data version, the model's asset
+    # check passed, the promotion rule holds (registry/evidence.py).
+    promotion_gate: bool = True
+    preemption_retry_delay_s: float = Field(10.0, ge=0, le=3600)
 
     @field_validator("optimizer")
     @classmethod
@@ -190,6 +197,7 @@ class Preset(_Section):
             "seed": tc.seed,
             "promotion_rule": tc.promotion_rule,
             "keep_versions": tc.keep_versions,
+            "promotion_gate": tc.promotion_gate,
             "precision": "auto" if hw.mixed_precision else "fp32",
             "compile": hw.compile,
             "use_gpu": sc.use_gpu and hw.use_gpu,

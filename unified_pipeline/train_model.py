@@ -30,11 +30,14 @@ from unified_pipeline.hashing import combine
 from unified_pipeline.models.registry import MODELS, ModelEntry
 from unified_pipeline.paths import unified_home
 from unified_pipeline.progress import ProgressWriter
+from unified_pipeline.training import preemption
+from unified_pipeline.training.cost import CostMeter, total
+from unified_pipeline.training.replay import replay_record
 from unified_pipeline.training.trainer_config import as_flag
 
 # Settings that change how a run is carried out, or what happens to its version, but not what it computes.
 NON_SEMANTIC_HPARAMS = {"adaptive_strategy", "checkpoint_interval", "keep_last", "compile", "use_gpu", "precision",
-                        "promotion_rule", "keep_versions"}
+                        "promotion_rule", "keep_versions", "promotion_gate"}
 # Warm-start settings only matter when a run warm-starts; they join that run's fingerprint.
 WARM_PREFIX = "warm_start"
 
@@ -59,6 +62,8 @@ class StepOutcome:
     data_versions: dict[str, str] = field(default_factory=dict)
     warm_start: dict[str, Any] = field(default_factory=dict)  # lineage record: used, reason, parent, ...
     strategy: dict[str, Any] = field(default_factory=dict)  # advice applied to the hyperparameters, if any
+    cost: dict[str, Any] = field(default_factory=dict)  # training/cost.py: CPU s, GPU s, peaks, samples, attempts
+    preemptions: list[dict[str, Any]] = field(default_factory=list)  # signals survived on the way to this version
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,12 +138,15 @@ def _train_or_reuse(
     advisors: tuple[str, ...] = (),
     fixed: set[str] = frozenset(),
     upstream: dict[str, str] | None = None,
+    threshold: float | None = None,
 ) -> StepOutcome:
     """`preset_info`: the preset that produced `hparams` (registry.preset_lineage), kept in the lineage.
     `advisors`: models whose production strategy may tune `hparams` (training/strategy.py);
     `fixed`: keys the run config set, which advice never changes.
     `upstream`: the version ("model/vN") each upstream model asset produced in this run; an
-    upstream model not given uses its production version (CLI and Python callers)."""
+    upstream model not given uses its production version (CLI and Python callers).
+    `threshold`: of the model's asset check (default the registry entry's); with the preset's
+    `promotion_gate` on, promotion also needs that check and GX verdicts (registry/evidence.py)."""
     from unified_pipeline.registry import policy_from_hparams
 
     entry = MODELS[name]
@@ -163,6 +171,7 @@ def _train_or_reuse(
             promoted="production" in (found.aliases or []), promotion_note="reused: nothing changed",
             metrics=found.metrics, device=found.lineage.get("device", ""), data_versions=data_versions,
             warm_start=found.lineage.get("warm_start") or {}, strategy=found.lineage.get("strategy") or {},
+            cost=found.lineage.get("cost") or {}, preemptions=found.lineage.get("preemptions") or [],
         )
 
     if not force:
@@ -205,6 +214,7 @@ def _train_or_reuse(
             log.info(f"{name}: training on {device} ({lease.threads} CPU thread(s)), fingerprint {fp[:12]}")
             bundles = {ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()}
             progress = ProgressWriter(name, run_id, int(hparams.get("epochs", 0)), device)
+            meter = CostMeter()
             job = FitJob(
                 model=name,
                 datasets=bundles,
@@ -216,16 +226,25 @@ def _train_or_reuse(
                 seed=int(hparams.get("seed", 0)),
                 log=log,
                 control_file=control_path(name),
-                on_epoch=progress.on_epoch,
+                on_epoch=lambda record: (meter.on_epoch(record), progress.on_epoch(record)),
                 warm_start=plan.spec,
             )
             try:
                 result = module.fit(job)
             except BaseException as exc:
-                progress.finish("failed", error=f"{type(exc).__name__}: {exc}"[:500])
-                raise
+                if not preemption.is_preemption(exc):
+                    progress.finish("failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                    raise
+                record = preemption.record(name, fp, exc, run_id=run_id, attempt_cost=meter.stop(device))
+                progress.finish(preemption.PREEMPTED, checkpoint=record["checkpoint"], signal=record["signal"])
+                log.warning(f"{name}: preempted ({record['signal']}); checkpoint {record['checkpoint']}; "
+                            "a retry resumes from it")
+                raise preemption.StepPreempted(name, record) from exc
+            attempt = meter.stop(result.device)
             progress.finish("finished", test=result.metrics.get("test", {}))
-        wall = time.time() - start
+        earlier = preemption.read_records(name, fp)
+        cost = total([r.get("cost") or {} for r in earlier] + [attempt])
+        wall = attempt["wall_s"]
         if plan.used:
             # A fit that never reads job.warm_start trained from scratch after all.
             plan.applied = result.notes.get("warm_start") or {
@@ -249,11 +268,22 @@ def _train_or_reuse(
             "device": result.device,
             "wall_time_s": round(wall, 3),
             "resumed_from": result.resumed_from,
+            "cost": cost,
+            "preemptions": earlier,
+            "threads": lease.threads,  # CPU reductions may round differently with another thread count
+            **replay_record(job.seed, hparams),
         }
+        evidence = None
+        if as_flag(hparams.get("promotion_gate", False)):
+            from unified_pipeline.assets.model_assets import quality_verdict
+            from unified_pipeline.registry.evidence import collect
+
+            check = quality_verdict(entry, result.metrics, entry.threshold if threshold is None else threshold)
+            evidence = collect(tensor_dirs, check)
         reg = registry.register(
             name, staging, metrics=result.metrics, lineage=lineage, fingerprint=fp,
             metric=entry.metric, higher_is_better=entry.higher_is_better,
-            promote_rule=policy.promotion_rule, keep_versions=policy.keep_versions,
+            promote_rule=policy.promotion_rule, keep_versions=policy.keep_versions, evidence=evidence,
         )
         if reg.pruned is not None and reg.pruned.removed:
             log.info(f"{name}: keep_versions={policy.keep_versions} pruned {', '.join(reg.pruned.removed)}")
@@ -262,6 +292,7 @@ def _train_or_reuse(
         # The version now holds the result; its checkpoints would only make a forced rerun resume
         # from a finished state.
         shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+        preemption.clear(name, fp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     version = reg.version
@@ -272,7 +303,7 @@ def _train_or_reuse(
         wall_time_s=wall, samples_per_s=result.samples_per_s, epochs_run=result.epochs_run,
         param_count=result.param_count, resumed_from=result.resumed_from,
         plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
-        data_versions=data_versions, warm_start=warm_record, strategy=strategy,
+        data_versions=data_versions, warm_start=warm_record, strategy=strategy, cost=cost, preemptions=earlier,
     )
 
 

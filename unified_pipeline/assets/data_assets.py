@@ -152,6 +152,10 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         current = lane_settings(ref, settings)
         version, df, path = build_manifest(ref, current, log=context.log)
         report = validate(ref.kind, df, current)
+        from unified_pipeline.registry.evidence import record_verdict
+
+        # Promotion reads the verdict per data version (registry/evidence.py).
+        record_verdict(ref.name, version, report.success, run_id=context.run_id, summary=report.summary())
         value = {"dataset": ref.name, "kind": ref.kind, "data_version": version, "manifest": str(path), "rows": len(df)}
         preview = df.drop(columns=[c for c in ("text",) if c in df.columns]).head(10)
         facts_of = getattr(get_kind(ref.kind), "manifest_facts", None)  # e.g. how many texts the length cuts
@@ -174,7 +178,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
             passed=report.success,
             severity=AssetCheckSeverity.ERROR,
             description=report.summary(),
-            metadata={"expectations": MetadataValue.json(report.to_metadata())},
+            metadata={"expectations": MetadataValue.json(report.to_metadata()), "data_version": version[:16]},
         )
 
     @asset(

@@ -11,6 +11,7 @@ from dagster import (
     AssetIn,
     AssetKey,
     Config,
+    Failure,
     MetadataValue,
     Output,
     asset,
@@ -100,9 +101,11 @@ def _input_name(dataset: str) -> str:
     return f"data_{dataset}"
 
 
-def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = ()) -> Any:
+def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = (),
+                retry_policy: Any = None) -> Any:
     """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
-    advised: models this one advises (it is given their resolved presets)."""
+    advised: models this one advises (it is given their resolved presets);
+    retry_policy: applies to preemption only (training/preemption.py); other errors are not retried."""
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
@@ -113,6 +116,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         group_name=entry.group,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags()},
+        retry_policy=retry_policy,
         description=f"{entry.description}. Trains (or reuses an identical version), registers a model version.",
         check_specs=[
             AssetCheckSpec(
@@ -126,6 +130,8 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         from unified_pipeline.presets import default_preset_path, load_preset
         from unified_pipeline.registry import preset_lineage
         from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS, train_or_reuse
+        from unified_pipeline.training.cost import metadata_numbers as cost_metadata
+        from unified_pipeline.training.preemption import StepPreempted
 
         preset_path = Path(config.preset_path) if config.preset_path else default_preset_path()
         preset = load_preset(preset_path)
@@ -150,12 +156,24 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 advisors=tuple(advisors), fixed=set(overrides),
                 # The weights the upstream assets produced in this graph, promoted to production or not.
                 upstream={m: inputs[f"model_{m}"]["version"] for m in entry.upstream_models},
+                threshold=config.threshold,
             )
+        except StepPreempted as exc:
+            context.log.warning(f"{entry.name}: {exc} (attempt {context.retry_number + 1})")
+            if context.retry_number >= (retry_policy.max_retries if retry_policy is not None else 0):
+                from unified_pipeline.error_report import write_error_report
+
+                # No retry left: the report names the resume command (`train --resume`).
+                write_error_report(entry.name, context.run_id, context.job_name, exc, run=context.run)
+            raise  # the retry policy retries it; the retry resumes from the checkpoint
         except BaseException as exc:
             from unified_pipeline.error_report import write_error_report
 
             report = write_error_report(entry.name, context.run_id, context.job_name, exc, run=context.run)
             context.log.error(f"{entry.name}: failed; report with traceback and resume command: {report}")
+            if retry_policy is not None and isinstance(exc, Exception) and not isinstance(exc, Failure):
+                # Only preemption is retried: a bad setting or bad data would fail again.
+                raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
             raise
         test = outcome.metrics.get("test", {})
         metadata: dict[str, Any] = {
@@ -174,6 +192,9 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         for k, v in test.items():
             if isinstance(v, (int, float)):
                 metadata[f"test_{k}"] = float(v)
+        metadata.update(cost_metadata(outcome.cost))
+        if outcome.preemptions:
+            metadata["preemptions"] = MetadataValue.json(outcome.preemptions)
         if not outcome.reused:
             metadata.update(
                 {

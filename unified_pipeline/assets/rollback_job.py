@@ -34,6 +34,10 @@ def rollback_production(context: OpExecutionContext, config: RollbackConfig) -> 
                                  who=who)
     context.log.info(f"{config.model}: production {before.name} -> {restored.name} by {who} "
                      f"({config.reason or 'no reason given'})")
+    from unified_pipeline.registry.downstream import describe
+
+    for line in describe(registry.last_stale):
+        context.log.warning(line)
     context.log_event(
         AssetMaterialization(
             asset_key=AssetKey([config.model]),
@@ -46,6 +50,7 @@ def rollback_production(context: OpExecutionContext, config: RollbackConfig) -> 
                 "who": who,
                 "location": MetadataValue.path(str(restored.path)),
                 "metrics": MetadataValue.json(restored.metrics),
+                "stale_downstream": MetadataValue.json(registry.last_stale),
             },
         )
     )

@@ -14,7 +14,12 @@ from unified_pipeline.models.registry import MODELS
 from unified_pipeline.paths import unified_home
 
 SUMMARY_KEY = AssetKey(["training_summary"])
-COLUMNS = ["model", "version", "status", "metric", "value", "promoted", "wall_time_s", "device"]
+COLUMNS = ["model", "version", "status", "metric", "value", "promoted", "wall_time_s", "device",
+           "cpu_s", "gpu_s", "peak_rss_mb", "peak_gpu_mem_mb", "samples_seen", "attempts"]
+# Cost of the version (training/cost.py), summed over its attempts; a version registered before
+# costs were recorded shows none.
+COST_COLUMNS = {"cpu_s": "cpu_s", "gpu_s": "gpu_s", "peak_rss_mb": "peak_rss_mb", "peak_gpu_mem_mb": "peak_gpu_mem_mb",
+                "samples_seen": "samples", "attempts": "attempts"}
 _INLINE_BUDGET = 400_000  # PNG bytes inlined into the UI's copy of the report; run storage keeps every event
 
 
@@ -44,6 +49,7 @@ def summary_rows(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "promoted": bool(o.get("promoted")),
             "wall_time_s": round(float(o.get("wall_time_s") or 0.0), 1),
             "device": o.get("device", ""),
+            **{col: (o.get("cost") or {}).get(key) for col, key in COST_COLUMNS.items()},
         })
     return rows
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline.registry.compare import flatten
+from unified_pipeline.registry.evidence import lines as evidence_lines
 from unified_pipeline.registry.versions import Version
 
 
@@ -49,11 +50,20 @@ def render_card(v: Version) -> str:
         lines.append(f"  {ds}: {ver}")
     lines += ["", "Training"]
     for key in ("scenario", "preset", "code_version", "parent", "warm_start", "upstream", "run_id", "seed",
-                "device", "wall_time_s", "resumed_from"):
+                "seeds", "device", "lock_sha256", "wall_time_s", "resumed_from"):
         if lin.get(key) not in (None, "", {}):
             lines.append(f"  {key:<12} {json.dumps(lin[key], default=str) if isinstance(lin[key], dict) else lin[key]}")
     for key, value in flatten(lin.get("hparams") or {}).items():
         lines.append(f"  hparam       {key} = {json.dumps(value, default=str)}")
+    lines += ["", "Evidence for production"] + evidence_lines(lin.get("evidence"))
+    cost = lin.get("cost") or {}
+    if cost:
+        lines += ["", "Cost (all attempts)"]
+        lines += [f"  {k:<16} {cost[k]}" for k in ("wall_s", "cpu_s", "gpu_s", "peak_rss_mb", "peak_gpu_mem_mb",
+                                                   "samples", "attempts") if k in cost]
+    for p in lin.get("preemptions") or []:
+        lines.append(f"  preempted by {p.get('signal')} at epoch {p.get('epoch')} step {p.get('step')}; "
+                     f"resumed from {p.get('checkpoint')}")
     lines += ["", "Metrics"]
     flat = flatten(v.metrics)
     width = max((len(k) for k in flat), default=0)

@@ -33,10 +33,12 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     s = cmd("compare", "metric deltas and lineage differences of two versions")
     s.add_argument("a", help="model/vN (or model/production)")
     s.add_argument("b", help="model/vN, or vN / alias of the same model")
-    s = cmd("promote", "make a version production")
+    s = cmd("promote", "make a version production (refused when its evidence falls short, unless --force)")
     s.add_argument("model")
     s.add_argument("ref", help="vN")
     s.add_argument("--reason", default="")
+    s.add_argument("--force", action="store_true",
+                   help="promote despite failed evidence; needs --reason, recorded in the event log")
     s = cmd("rollback", "move production back (default: to the previous production)")
     s.add_argument("model")
     s.add_argument("--to", dest="to", help="vN to make production")
@@ -56,6 +58,9 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("ref", nargs="?", help="default: every version")
     s = cmd("events", "the append-only log of register, promote, rollback, prune and tag events")
     s.add_argument("model")
+    s = cmd("reproduce", "retrain a version from its recorded inputs into a scratch root and say whether it matches")
+    s.add_argument("version", help="model/vN")
+    s.add_argument("--scratch", type=Path, help="folder for the replay (default $UNIFIED_HOME/replay/...)")
     p.set_defaults(func=run_models_command)
     return p
 
@@ -129,6 +134,12 @@ def run_models_command(args: argparse.Namespace) -> int:
         return _cmd_verify(reg, args)
     if command == "tag":
         return _cmd_tag(reg, args)
+    if command == "reproduce":
+        from unified_pipeline.training.replay import reproduce
+
+        report = reproduce(args.version, args.scratch, registry=reg)
+        _emit(args, report.to_dict(), report.text())
+        return 0 if report.match else 1
     if command == "show":
         v = reg.get(args.model, args.ref)
         _emit(args, v.to_dict(), reg.card(args.model, v.number))
@@ -136,12 +147,15 @@ def run_models_command(args: argparse.Namespace) -> int:
         c = reg.compare(args.a, args.b)
         _emit(args, c.to_dict(), c.text())
     elif command == "promote":
-        v = reg.promote(args.model, args.ref, reason=args.reason)
-        _emit(args, v.to_dict(), f"{v.name} is now production")
+        v = reg.promote(args.model, args.ref, reason=args.reason, force=args.force)
+        _emit(args, v.to_dict(), f"{v.name} is now production" + (" (forced; override logged)" if args.force else ""))
     elif command == "rollback":
         before = reg.get(args.model, "production").name
         v = reg.rollback(args.model, to=args.to, reason=args.reason)
-        _emit(args, {"from": before, "to": v.name, "version": v.to_dict()}, f"production: {before} -> {v.name}")
+        from unified_pipeline.registry.downstream import describe
+
+        _emit(args, {"from": before, "to": v.name, "version": v.to_dict(), "stale": reg.last_stale},
+              "\n".join([f"production: {before} -> {v.name}", *describe(reg.last_stale)]))
     elif command == "prune":
         r = reg.prune(args.model, keep=args.keep, dry_run=args.dry_run)
         verb = "would remove" if r.dry_run else "removed"

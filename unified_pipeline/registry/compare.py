@@ -7,6 +7,8 @@ from typing import Any
 
 from unified_pipeline.registry.versions import Version
 
+COST_KEYS = ("cpu_s", "gpu_s", "peak_gpu_mem_mb", "peak_rss_mb", "samples", "wall_s", "attempts")
+
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """{'test': {'accuracy': 0.9}} -> {'test.accuracy': 0.9}; lists stay whole values."""
@@ -36,15 +38,21 @@ class Comparison:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # {key, a, b, delta (b - a) or None}
     lineage: list[dict[str, Any]] = field(default_factory=list)  # only keys whose values differ
     files: dict[str, list[str]] = field(default_factory=dict)  # changed / only_a / only_b
+    cost: list[dict[str, Any]] = field(default_factory=list)  # {key, a, b, delta}: training/cost.py fields
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "metrics": self.metrics, "lineage": self.lineage, "files": self.files}
+        return {"a": self.a, "b": self.b, "metrics": self.metrics, "lineage": self.lineage, "files": self.files,
+                "cost": self.cost}
 
     def text(self) -> str:
         lines = [f"compare {self.a} -> {self.b}", "", "metrics (delta = b - a):"]
         rows = [(m["key"], _show(m["a"]), _show(m["b"]), "" if m["delta"] is None else f"{m['delta']:+.6g}")
                 for m in self.metrics]
         lines += _table(("metric", "a", "b", "delta"), rows) if rows else ["  (no metrics)"]
+        lines += ["", "cost (CPU s, GPU s, peak memory MB, samples seen, monotonic wall s, attempts):"]
+        rows = [(c["key"], _show(c["a"]), _show(c["b"]), "" if c["delta"] is None else f"{c['delta']:+.6g}")
+                for c in self.cost]
+        lines += _table(("cost", "a", "b", "delta"), rows) if rows else ["  (not recorded)"]
         lines += ["", "lineage differences:"]
         rows = [(d["key"], _show(d["a"]), _show(d["b"])) for d in self.lineage]
         lines += _table(("field", "a", "b"), rows) if rows else ["  (identical)"]
@@ -78,6 +86,12 @@ def compare_versions(a: Version, b: Version) -> Comparison:
         va, vb = ma.get(key), mb.get(key)
         na, nb = _number(va), _number(vb)
         out.metrics.append({"key": key, "a": va, "b": vb, "delta": None if na is None or nb is None else nb - na})
+    ca, cb = a.lineage.get("cost") or {}, b.lineage.get("cost") or {}
+    for key in COST_KEYS:
+        if key in ca or key in cb:
+            na, nb = _number(ca.get(key)), _number(cb.get(key))
+            out.cost.append({"key": key, "a": ca.get(key), "b": cb.get(key),
+                             "delta": None if na is None or nb is None else nb - na})
     la = flatten(a.lineage) | {"fingerprint": a.fingerprint}
     lb = flatten(b.lineage) | {"fingerprint": b.fingerprint}
     for key in sorted(set(la) | set(lb)):

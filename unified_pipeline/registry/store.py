@@ -32,6 +32,7 @@ from unified_pipeline.paths import NameError_, check_name, unified_home
 from unified_pipeline.registry import aliases as rules
 from unified_pipeline.registry.card import render_card
 from unified_pipeline.registry.compare import Comparison, compare_versions
+from unified_pipeline.registry.evidence import shortfalls
 from unified_pipeline.registry.index import (
     VERSION_FILE, append_event, read_events, read_index, write_index,
 )
@@ -96,6 +97,7 @@ def _check_tag(tag: str | None) -> None:
 class ModelRegistry:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else unified_home() / "registry"
+        self.last_stale: list[dict[str, Any]] = []  # downstream versions the last rollback made stale
 
     # ----------------------------------------------------------------- helpers
     def _mdir(self, model: str) -> Path:
@@ -178,10 +180,13 @@ class ModelRegistry:
         reason: str = "",
         who: str | None = None,
         keep_versions: int | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> RegisterResult:
         """Copy `source` (a finished model folder) into the next immutable version `model/vN`.
 
         With `keep_versions`, old versions are pruned afterwards as `prune(keep=keep_versions)` would.
+        With `evidence` (registry/evidence.py), the version becomes production only when the
+        evidence and the rule both allow it; the verdicts are kept in its lineage.
         """
         mdir = self._mdir(model)
         source = Path(source)
@@ -212,6 +217,17 @@ class ModelRegistry:
             index = read_index(mdir, model)
             self._cleanup(mdir, index)
             number = int(index["next_number"])
+            prod = index["aliases"].get("production")
+            prod_metrics = None
+            if prod is not None and promote_rule in ("better_or_equal", "strictly_better"):
+                prod_metrics = self._load(model, index, int(prod)).metrics
+            promoted, why = rules.decide(promote_rule, number, metrics, prod, prod_metrics, metric, higher_is_better)
+            if evidence is not None:
+                evidence = {**evidence, "rule": {"name": promote_rule, "holds": promoted, "why": why}}
+                lineage = {**lineage, "evidence": evidence}
+                missing = shortfalls(evidence, include_rule=False)
+                if promoted and missing:
+                    promoted, why = False, "evidence falls short: " + "; ".join(missing)
             record: dict[str, dict[str, Any]] = {}
             with atomic.atomic_dir(mdir / f"v{number}") as tmp:
                 for src, rel in zip(files, rels):
@@ -232,11 +248,6 @@ class ModelRegistry:
                         path.chmod(0o444)  # immutable by convention and by mode
                 vsha = sha256_file(tmp / VERSION_FILE)
 
-            prod = index["aliases"].get("production")
-            prod_metrics = None
-            if prod is not None and promote_rule in ("better_or_equal", "strictly_better"):
-                prod_metrics = self._load(model, index, int(prod)).metrics
-            promoted, why = rules.decide(promote_rule, number, metrics, prod, prod_metrics, metric, higher_is_better)
             index["versions"][str(number)] = {"created_at": meta["created_at"], "fingerprint": fingerprint,
                                               "version_json_sha256": vsha}
             if tag:
@@ -265,8 +276,10 @@ class ModelRegistry:
                 result.prune_error = f"automatic prune (keep_versions={keep_versions}) failed: {exc}"
         return result
 
-    def promote(self, model: str, ref: str | int, reason: str = "", who: str | None = None) -> Version:
-        """Point `production` at a version by hand."""
+    def promote(self, model: str, ref: str | int, reason: str = "", who: str | None = None,
+                force: bool = False) -> Version:
+        """Point `production` at a version by hand. A version whose recorded evidence falls short
+        (registry/evidence.py) is refused unless `force`, which needs a `reason` and is logged."""
         mdir, who = self._mdir(model), resolve_who(who)
         with model_lock(mdir):
             index = self._index(model)
@@ -274,12 +287,21 @@ class ModelRegistry:
             current = index["aliases"].get("production")
             if current is not None and int(current) == number:
                 raise RegistryError(f"{version_name(model, number)} is already production")
-            self._load(model, index, number)
+            version = self._load(model, index, number)
+            # The rule was judged against the production of its day; a person now decides that part.
+            missing = shortfalls(version.lineage.get("evidence"), include_rule=False)
+            if missing and not force:
+                raise RegistryError(f"{version.name} may not be production: {'; '.join(missing)}",
+                                    hint='override with --force --reason "..." (recorded in the event log)')
+            if force and not reason.strip():
+                raise ConfigError("promote --force needs --reason: the override is recorded in the append-only log")
             self._set_production(index, number, "promote", reason, who)
             write_index(mdir, index)
-            append_event(mdir, {"event": "promote", "version": version_name(model, number), "at": _now(),
-                                "who": who, "reason": reason, "to": version_name(model, number),
-                                "from": None if current is None else version_name(model, int(current))})
+            event = {"event": "promote", "version": version.name, "at": _now(), "who": who, "reason": reason,
+                     "to": version.name, "from": None if current is None else version_name(model, int(current))}
+            if force:
+                event.update(forced=True, overridden=missing)
+            append_event(mdir, event)
             return self._load(model, index, number)
 
     def rollback(self, model: str, to: str | int | None = None, reason: str = "", who: str | None = None) -> Version:
@@ -307,7 +329,12 @@ class ModelRegistry:
             append_event(mdir, {"event": "rollback", "version": version_name(model, number), "at": _now(),
                                 "who": who, "from": version_name(model, current),
                                 "to": version_name(model, number), "reason": reason})
-            return self._load(model, index, number)
+            restored = self._load(model, index, number)
+        from unified_pipeline.registry.downstream import mark_stale
+
+        # Models trained on the version just rolled back from (encoders, teachers) are now stale.
+        self.last_stale = mark_stale(self, model, who, reason)
+        return restored
 
     def tag(self, model: str, ref: str | int, tag: str | None, reason: str = "", who: str | None = None) -> Version:
         """Set or clear a version's tag (stable, experimental, backup, ...); files stay untouched."""

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,10 @@ from unified_pipeline.training.control import ControlPoller
 from unified_pipeline.training.fit_settings import (autocast, fit_process_settings, lr_factor, make_optimizer,
                                                      resolve_precision, seed_everything)
 from unified_pipeline.training.trainer_config import TrainerConfig
+
+# Test hook: seconds to sleep after each step, so a test can signal a real job mid-epoch.
+STEP_DELAY_ENV = "UNIFIED_STEP_DELAY_S"
+STEP_DELAY_S = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
 
 
 @dataclass
@@ -158,8 +163,8 @@ class Trainer:
     # -- signals and live control -------------------------------------------------------------
 
     def _on_signal(self, signum, _frame):
-        if self._signal is not None:  # second signal: give up waiting for a step boundary
-            raise KeyboardInterrupt(f"signal {signum}")
+        if self._signal is not None:  # second signal: give up waiting (or saving); older checkpoints stay valid
+            raise TrainingInterrupted(signum, None)
         self._signal = signum
 
     @contextlib.contextmanager
@@ -290,6 +295,8 @@ class Trainer:
                     loop.step += 1
                     loop.epoch_samples += len(batch[0])
                     stop = self._poll_control(loop, opt, sched, cmds)
+                    if STEP_DELAY_S:
+                        time.sleep(STEP_DELAY_S)
                     if self._signal is not None and loop.step < steps:
                         loop.loss_sum += float(loss_sum)
                         loop.epoch_time += time.perf_counter() - t0
