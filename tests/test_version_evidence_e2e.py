@@ -195,3 +195,6 @@ def test_rollback_of_an_upstream_model_marks_downstream_stale(home, tmp_path, ca
                                 "is audio_service/v1; its next run retrains it"]
     (event,) = [e for e in reg.events("audio_student") if e["event"] == "stale"]
     assert event["version"] == student.name and event["trained_on"] == teacher.name and "regression" in event["reason"]
+    code, out = cli(capsys, "show", "audio_student")
+    assert out.rstrip().endswith(f"{student.name} is now stale: trained on audio_service/v2, audio_service production "
+                                 "is audio_service/v1; its next run retrains it")
