@@ -199,6 +199,20 @@ def test_rollback_of_an_upstream_model_marks_downstream_stale(home, tmp_path, ca
     assert out.rstrip().endswith(f"{student.name} is now stale: trained on audio_service/v2, audio_service production "
                                  "is audio_service/v1; its next run retrains it")
 
+    # The same from the Dagster UI's rollback job: logged, and on the materialisation.
+    from dagster import DagsterInstance
+
+    from unified_pipeline.assets.rollback_job import rollback_model
+
+    reg.promote("audio_service", "v2", reason="fixed")
+    with DagsterInstance.ephemeral() as instance:
+        result = rollback_model.execute_in_process(
+            run_config={"ops": {"rollback_production": {"config": {"model": "audio_service", "reason": "again"}}}},
+            instance=instance)
+    (mat,) = [e.event_specific_data.materialization for e in result.all_events
+              if e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert [s["version"] for s in mat.metadata["stale_downstream"].value] == [student.name]
+
 
 def test_recorded_live_commands_replay_at_the_same_step(tmp_path):
     import torch
