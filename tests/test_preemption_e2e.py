@@ -172,3 +172,27 @@ def test_retry_count_and_backoff_come_from_the_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
     policy = build_definitions().resolve_assets_def(AssetKey([MODEL])).op.retry_policy
     assert (policy.max_retries, policy.delay, policy.backoff) == (3, 5, Backoff.EXPONENTIAL)
+
+
+def test_errors_other_than_preemption_are_not_retried(home):
+    from dagster import AssetKey, DagsterEventType, DagsterInstance, RetryPolicy, asset, materialize
+
+    from unified_pipeline.assets.json_io import JsonIOManager
+    from unified_pipeline.assets.model_assets import model_asset
+    from unified_pipeline.models.registry import MODELS
+
+    @asset(key=AssetKey(["tiny_text", "tensors"]))
+    def tensors():
+        return {"path": str(home / "never_read")}
+
+    model = model_asset(MODELS[MODEL], ["tiny_text"], retry_policy=RetryPolicy(max_retries=3))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([tensors, model], instance=instance, resources={"io_manager": JsonIOManager()},
+                             run_config={"ops": {MODEL: {"config": {"hparams": {"no_such_setting": 1}}}}},
+                             raise_on_error=False)
+    assert not result.success
+    events = [e for e in result.all_events if e.step_key == MODEL]
+    assert not [e for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+    (failure,) = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert failure.step_failure_data.user_failure_data.description.startswith(
+        f"ConfigError: {MODEL}: run config hparams ['no_such_setting'] are not settings of this model")

@@ -195,3 +195,45 @@ def test_rollback_of_an_upstream_model_marks_downstream_stale(home, tmp_path, ca
                                 "is audio_service/v1; its next run retrains it"]
     (event,) = [e for e in reg.events("audio_student") if e["event"] == "stale"]
     assert event["version"] == student.name and event["trained_on"] == teacher.name and "regression" in event["reason"]
+    code, out = cli(capsys, "show", "audio_student")
+    assert out.rstrip().endswith(f"{student.name} is now stale: trained on audio_service/v2, audio_service production "
+                                 "is audio_service/v1; its next run retrains it")
+
+    # The same from the Dagster UI's rollback job: logged, and on the materialisation.
+    from dagster import DagsterInstance
+
+    from unified_pipeline.assets.rollback_job import rollback_model
+
+    reg.promote("audio_service", "v2", reason="fixed")
+    with DagsterInstance.ephemeral() as instance:
+        result = rollback_model.execute_in_process(
+            run_config={"ops": {"rollback_production": {"config": {"model": "audio_service", "reason": "again"}}}},
+            instance=instance)
+    (mat,) = [e.event_specific_data.materialization for e in result.all_events
+              if e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert [s["version"] for s in mat.metadata["stale_downstream"].value] == [student.name]
+
+
+def test_recorded_live_commands_replay_at_the_same_step(tmp_path):
+    import torch
+
+    import _train_worker as worker
+    from unified_pipeline.training.control import RecordedCommands, write_command
+
+    control = tmp_path / "control.json"
+
+    def live(record):  # a person lowers the learning rate after epoch 1 and stops after epoch 3
+        if record["epoch"] == 1:
+            write_command(control, lr=0.002)
+        if record["epoch"] == 3:
+            write_command(control, stop=True, pause=True)
+
+    steered, summary = worker.train(None, epochs=6, control_file=control, on_epoch_hook=live)
+    applied = [n for n in summary.notes if n.get("command")]
+    assert [(n["epoch"], n["step"]) for n in applied] == [(2, 1), (4, 1)] and summary.epochs_run == 4
+    replayed, again = worker.train(None, epochs=6, control_file=RecordedCommands(applied))
+    plain, _ = worker.train(None, epochs=6)
+    assert again.epochs_run == 4
+    for k, v in steered.state_dict().items():
+        assert torch.equal(v, replayed.state_dict()[k]), k
+    assert any(not torch.equal(v, plain.state_dict()[k]) for k, v in steered.state_dict().items())

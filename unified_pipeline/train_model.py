@@ -262,6 +262,9 @@ def _train_or_reuse(
             "strategy": strategy,
             "control_commands": [{"epoch": r.get("epoch"), **c} for r in result.history if isinstance(r, dict)
                                  for c in (r.get("commands") or [])],
+            # Where each command applied (epoch, step), so a replay applies it at the same point.
+            "control_applied": [{k: n.get(k) for k in ("epoch", "step", "command")}
+                                for n in (result.notes or {}).get("trainer_notes") or [] if n.get("command")],
             "base_fingerprint": base_fp,
             "run_id": run_id,
             "seed": job.seed,

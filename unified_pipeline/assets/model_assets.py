@@ -133,23 +133,23 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         from unified_pipeline.training.cost import metadata_numbers as cost_metadata
         from unified_pipeline.training.preemption import StepPreempted
 
-        preset_path = Path(config.preset_path) if config.preset_path else default_preset_path()
-        preset = load_preset(preset_path)
-        preset_info = preset_lineage(preset.preset_name, preset.preset_version, preset_path)
-        scenario = config.scenario or context.run.tags.get(SCENARIO_TAG, DEFAULT_SCENARIO)
-        if not config.scenario and entry.name not in preset.available_models_for(scenario):
-            # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
-            scenario = DEFAULT_SCENARIO
-        preset_hparams = preset.hparams(scenario, entry.name)
-        overrides = run_config_overrides(config, entry, preset_hparams)
-        hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once
-        if advised:
-            hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
-                m: {k: v for k, v in preset.hparams(scenario, m).items() if k not in NON_SEMANTIC_HPARAMS}
-                for m in advised
-            }
-        tensor_dirs = {ds: Path(inputs[_input_name(ds)]["path"]) for ds in datasets}
-        try:
+        try:  # config errors too: they must not be retried (see below)
+            preset_path = Path(config.preset_path) if config.preset_path else default_preset_path()
+            preset = load_preset(preset_path)
+            preset_info = preset_lineage(preset.preset_name, preset.preset_version, preset_path)
+            scenario = config.scenario or context.run.tags.get(SCENARIO_TAG, DEFAULT_SCENARIO)
+            if not config.scenario and entry.name not in preset.available_models_for(scenario):
+                # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
+                scenario = DEFAULT_SCENARIO
+            preset_hparams = preset.hparams(scenario, entry.name)
+            overrides = run_config_overrides(config, entry, preset_hparams)
+            hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once
+            if advised:
+                hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
+                    m: {k: v for k, v in preset.hparams(scenario, m).items() if k not in NON_SEMANTIC_HPARAMS}
+                    for m in advised
+                }
+            tensor_dirs = {ds: Path(inputs[_input_name(ds)]["path"]) for ds in datasets}
             outcome = train_or_reuse(
                 entry.name, tensor_dirs, hparams, run_id=context.run_id, log=context.log,
                 force=config.force_retrain, scenario=scenario, preset_info=preset_info,

@@ -141,8 +141,11 @@ def run_models_command(args: argparse.Namespace) -> int:
         _emit(args, report.to_dict(), report.text())
         return 0 if report.match else 1
     if command == "show":
+        from unified_pipeline.registry.downstream import describe, stale_models
+
         v = reg.get(args.model, args.ref)
-        _emit(args, v.to_dict(), reg.card(args.model, v.number))
+        stale = [s for s in stale_models(reg) if s["version"] == v.name]
+        _emit(args, {**v.to_dict(), "stale": stale}, "\n".join([reg.card(args.model, v.number), *describe(stale)]))
     elif command == "compare":
         c = reg.compare(args.a, args.b)
         _emit(args, c.to_dict(), c.text())

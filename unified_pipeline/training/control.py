@@ -51,6 +51,7 @@ class ControlPoller:
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
+        self.position: tuple[int, int] = (0, 0)  # (1-based epoch, steps done in it), set by the trainer
 
     def poll(self) -> dict[str, Any] | None:
         if self.path is None:
@@ -93,3 +94,23 @@ def drop_stale(path: str | Path, started: float) -> dict[str, Any] | None:
             return None
         return raw
     return None
+
+
+class RecordedCommands(ControlPoller):
+    """Replays the commands a training applied, each at the (epoch, step) where it was applied.
+
+    `applied`: the trainer's notes [{"epoch", "step", "command"}, ...]. Pauses are left out: they
+    change when steps run, not what they compute.
+    """
+
+    def __init__(self, applied: list[dict[str, Any]]):
+        super().__init__(None)
+        self.pending: dict[tuple[int, int], dict[str, Any]] = {}
+        for note in applied:
+            cmd = {k: v for k, v in (note.get("command") or {}).items() if k != "pause"}
+            if cmd:
+                key = (int(note["epoch"]), int(note["step"]))
+                self.pending[key] = {**self.pending.get(key, {}), **cmd}
+
+    def poll(self) -> dict[str, Any] | None:
+        return self.pending.pop(self.position, None)

@@ -51,14 +51,14 @@ class CostMeter:
 
     def __init__(self) -> None:
         self.samples = 0
-        self._wall0 = time.monotonic()
-        self._cpu0 = time.process_time()
         self._cuda = _cuda_ready()
         if self._cuda:
             import torch
 
             for i in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(i)
+        self._wall0 = time.monotonic()
+        self._cpu0 = time.process_time()
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         self.samples += epoch_samples(record)
@@ -78,9 +78,8 @@ class CostMeter:
 
 
 def _cuda_ready() -> bool:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch
+    import torch
+
     try:
         return bool(torch.cuda.is_available())
     except Exception:  # noqa: BLE001 - a broken driver must not stop training

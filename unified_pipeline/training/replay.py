@@ -94,6 +94,7 @@ def reproduce(ref: str, scratch: Path | None = None, *, registry: Any = None, lo
     from unified_pipeline.datasets.base import META_FILE, TensorBundle
     from unified_pipeline.models.registry import MODELS
     from unified_pipeline.registry import ModelRegistry
+    from unified_pipeline.training.control import RecordedCommands
     from unified_pipeline.training.job import FitJob
     from unified_pipeline.training.warm_start import plan_warm_start
 
@@ -138,6 +139,7 @@ def reproduce(ref: str, scratch: Path | None = None, *, registry: Any = None, lo
         model=version.model, datasets={ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()},
         upstream=upstream_dirs, hparams=hparams, device=device, checkpoint_dir=scratch / "checkpoints",
         out_dir=out_dir, seed=int(lineage.get("seed", hparams.get("seed", 0))), log=log, warm_start=warm,
+        control_file=RecordedCommands(lineage.get("control_applied") or []),
     )
     started = time.monotonic()
     with devices.lease(unified_home() / "locks" / "devices"):
@@ -177,8 +179,10 @@ def _environment_notes(lineage: dict[str, Any], version: Any) -> list[str]:
     entry = MODELS[version.model]
     if lineage.get("code_version") != code_version(entry.module, "unified_pipeline.models.base", packages=("training",)):
         notes.append("model or training code changed since this version was trained")
-    if lineage.get("control_commands"):
-        notes.append(f"live control commands during training are not replayed: {lineage['control_commands']}")
+    if lineage.get("control_commands") and not lineage.get("control_applied"):
+        notes.append(f"live control commands recorded without their step are not replayed: {lineage['control_commands']}")
+    elif lineage.get("control_applied"):
+        notes.append(f"replaying {len(lineage['control_applied'])} live control command(s) at their recorded steps")
     return notes
 
 

@@ -90,7 +90,8 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.log = log or logging.getLogger("unified_pipeline.train")
         self.on_epoch = on_epoch
-        self.control = ControlPoller(control_file)
+        # A ControlPoller given instead of a path (a replay's recorded commands) is used as is.
+        self.control = control_file if isinstance(control_file, ControlPoller) else ControlPoller(control_file)
         self.optimizer_factory = optimizer_factory
         self.device = torch.device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -201,6 +202,7 @@ class Trainer:
 
     def _poll_control(self, loop: _Loop, opt, sched, record_cmds: list) -> bool:
         """Apply pending commands (waiting while paused); True when a stop was requested."""
+        self.control.position = (loop.epoch + 1, loop.step)  # where a command would apply, as recorded in notes
         cmd = self._next_command()
         if cmd is None:
             return False
