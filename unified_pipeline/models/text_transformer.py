@@ -1,9 +1,11 @@
-"""text_service: character-level Transformer encoder classifier.
+"""text_service: character-level Transformer encoder classifier with a linear n-gram part.
 
-Token + learned position embeddings, a depthwise-separable convolution over neighbouring
-characters (an n-gram detector that attention then combines), pre-norm encoder layers with a
-key padding mask, and mean pooling over non-pad tokens. fit() also scores a TF-IDF char
-n-gram logistic regression on the same split (models/baselines.py) so both are reported.
+Token + learned position + hashed character n-gram embeddings, pre-norm encoder layers with a
+key padding mask, and mean pooling over non-pad tokens (beside the pooled input embeddings).
+A linear classifier over the same hashed n-grams is added to the logits (wide and deep): on a
+few thousand short texts a bag of n-grams is what works best, so the model is at least that,
+and the encoder adds word order and context. fit() also scores a TF-IDF char n-gram logistic
+regression on the same split (models/baselines.py) so both are reported.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "ngram_buckets": 32768,
     "dropout": 0.1,
     "wide": True,
+    "linear_ngram_scale": 10.0,
 }
 
 
@@ -54,6 +57,10 @@ class TextTransformerConfig:
     ngram_buckets: int = 32768  # 0 disables the hashed n-gram embeddings
     dropout: float = 0.1
     wide: bool = True  # also pool the input embeddings (bag of n-grams) beside the encoder output
+    # A linear classifier over the hashed character n-grams (what TF-IDF + logistic regression
+    # learns) added to the logits: on a few thousand texts it is the strong part, and the encoder
+    # adds what word order and context give. 0 leaves it out (and versions saved without it load).
+    linear_ngram_scale: float = 0.0
 
 
 @register_architecture("text_transformer")
@@ -77,6 +84,14 @@ class TextTransformer(BaseModel):
         self.drop = nn.Dropout(config.dropout)  # on the summed embeddings: n-gram features overfit first
         self.embedding_dim = 2 * d if config.wide else d
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.embedding_dim, config.num_classes))
+        self.linear_chars = self.linear_ngrams = None
+        if config.linear_ngram_scale > 0:
+            # Zero start: training begins from the encoder alone, as logistic regression starts from 0.
+            self.linear_chars = nn.Embedding(config.vocab_size, config.num_classes, padding_idx=PAD)
+            nn.init.zeros_(self.linear_chars.weight)
+            if config.ngram_buckets > 0:
+                self.linear_ngrams = nn.Embedding(config.ngram_buckets, config.num_classes)
+                nn.init.zeros_(self.linear_ngrams.weight)
 
     def _ngram_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Hash the n-grams ending (and starting) at each position into buckets: [N, L, 2 * orders].
@@ -121,8 +136,22 @@ class TextTransformer(BaseModel):
             pooled = torch.cat([pooled, (h * keep).sum(1) / count], dim=1)
         return pooled
 
+    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over the text of per-class weights of each character and hashed n-gram. The scale
+        stands in for a larger learning rate: Adam moves each weight by about the learning rate
+        per step, and a linear model over sparse n-grams needs weights of a few units."""
+        x = x[:, : self.config.max_len]
+        keep = (x != PAD).unsqueeze(-1).float()
+        per_position = self.linear_chars(x)
+        if self.linear_ngrams is not None:
+            per_position = per_position + self.linear_ngrams(self._ngram_ids(x)).sum(dim=2)
+        return self.config.linear_ngram_scale * (per_position * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(x))
+        logits = self.head(self.encode(x))
+        if self.linear_chars is not None:
+            logits = logits + self.linear_logits(x)
+        return logits
 
 
 def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int) -> TextTransformer:
