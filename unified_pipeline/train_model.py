@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline import devices
+from unified_pipeline.celery_mode import worker_identity
 from unified_pipeline.code_version import code_version
 from unified_pipeline.hashing import combine
 from unified_pipeline.models.registry import MODELS, ModelEntry
@@ -246,6 +247,7 @@ def _train_or_reuse(
             "run_id": run_id,
             "seed": job.seed,
             "device": result.device,
+            "worker": worker_identity(),  # which machine and queue trained it (celery_mode.py)
             "wall_time_s": round(wall, 3),
             "resumed_from": result.resumed_from,
         }
