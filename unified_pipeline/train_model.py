@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -200,7 +201,8 @@ def _train_or_reuse(
     if stale:
         log.warning(f"{name}: dropped a control command written before this training started: {stale}")
     try:
-        with devices.lease(home / "locks" / "devices") as lease:
+        # Slots are per machine: GPU machines sharing UNIFIED_HOME each lease their own devices.
+        with devices.lease(home / "locks" / "devices" / socket.gethostname()) as lease:
             device = lease.device if hparams.get("use_gpu", True) else "cpu"
             log.info(f"{name}: training on {device} ({lease.threads} CPU thread(s)), fingerprint {fp[:12]}")
             bundles = {ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()}
