@@ -130,8 +130,15 @@ def start_postgres(state: Path, pgdata: Path, port: int, username: str, password
 def _connect(port: int, username: str, password: str, db: str):
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user=username, password=password, dbname=db,
-                            connect_timeout=3)
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user=username, password=password, dbname=db,
+                                connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        if "authentication failed" in str(exc):
+            raise ClusterError(f"postgres: password authentication failed for user {username}: the data folder was "
+                               "made with another DAGSTER_PG_PASSWORD; use that one (see cluster.env) or remove the "
+                               "folder's postgres/ to start afresh") from None
+        raise
     conn.close()
     return True
 

@@ -110,6 +110,8 @@ def wait_until(proc: Proc, ready: Callable[[], bool], what: str, timeout_s: floa
         try:
             if ready():
                 return
+        except ClusterError:  # ready() knows it never will be
+            raise
         except Exception:  # not up yet: connection refused, file missing, ...
             pass
         if not alive(proc):
