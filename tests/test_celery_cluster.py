@@ -150,7 +150,12 @@ def test_cluster_runs_models_on_gpu_queue_and_resumes_a_killed_training(cluster)
     victim = int(state["pid"])
     # The training runs in a pool process of the gpu worker: same process group as its leader.
     assert os.getpgid(victim) == gpu_leader
-    write_command(control_path(KILLED), pause=True)  # holds it mid-way until the kill lands
+    # Paused at its next batch, so the kill lands mid-training however fast the machine is.
+    command = write_command(control_path(KILLED), pause=True)
+    deadline = time.monotonic() + 300
+    while command.exists():  # the trainer claims a command by renaming it away
+        assert time.monotonic() < deadline and run.poll() is None, "the pause was never picked up"
+        time.sleep(0.05)
     ckdirs = list((base / "home" / "checkpoints" / KILLED).iterdir())
     assert len(ckdirs) == 1 and ck.latest_valid(ckdirs[0]) is not None
     os.kill(victim, signal.SIGKILL)
