@@ -65,3 +65,11 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .tools
+
+# A Celery cluster on this machine (redis-server and postgresql from apt): see docs/scale-out.md.
+.PHONY: cluster-up cluster-down
+cluster-up: install
+	$(BIN)/python -m unified_pipeline.cluster up
+
+cluster-down:
+	$(BIN)/python -m unified_pipeline.cluster down

@@ -14,7 +14,7 @@ from dagster import (
     multiprocess_executor,
 )
 
-from unified_pipeline import devices, install_check
+from unified_pipeline import celery_mode, devices, install_check
 from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
@@ -55,6 +55,8 @@ def executor_config() -> dict:
 def _executor():
     if use_k8s():
         return k8s_executor(executor_config()["tag_concurrency_limits"])
+    if celery_mode.use_celery():  # a worker's concurrency equals its device slots (cluster/)
+        return celery_mode.celery_executor()
     return multiprocess_executor.configured(executor_config())
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline import devices
+from unified_pipeline.celery_mode import worker_identity
 from unified_pipeline.code_version import code_version
 from unified_pipeline.hashing import combine
 from unified_pipeline.models.registry import MODELS, ModelEntry
@@ -209,7 +211,8 @@ def _train_or_reuse(
     if stale:
         log.warning(f"{name}: dropped a control command written before this training started: {stale}")
     try:
-        with devices.lease(home / "locks" / "devices") as lease:
+        # Slots are per machine: GPU machines sharing UNIFIED_HOME each lease their own devices.
+        with devices.lease(home / "locks" / "devices" / socket.gethostname()) as lease:
             device = lease.device if hparams.get("use_gpu", True) else "cpu"
             log.info(f"{name}: training on {device} ({lease.threads} CPU thread(s)), fingerprint {fp[:12]}")
             bundles = {ds: TensorBundle.load(p) for ds, p in tensor_dirs.items()}
@@ -269,6 +272,7 @@ def _train_or_reuse(
             "run_id": run_id,
             "seed": job.seed,
             "device": result.device,
+            "worker": worker_identity(),  # which machine and queue trained it (celery_mode.py)
             "wall_time_s": round(wall, 3),
             "resumed_from": result.resumed_from,
             "cost": cost,

@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from unified_pipeline import devices
+from unified_pipeline import celery_mode, devices
 from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.plots import image_metadata
 from unified_pipeline.k8s import gpu_step_tags
@@ -115,7 +115,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         deps=[model_key(a) for a in advisors],  # ordering only: the advice is read from the registry
         group_name=entry.group,
         kinds={"pytorch"},
-        op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags()},
+        op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags(), **celery_mode.model_step_tags()},
         retry_policy=retry_policy,
         description=f"{entry.description}. Trains (or reuses an identical version), registers a model version.",
         check_specs=[
