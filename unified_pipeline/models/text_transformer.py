@@ -56,6 +56,16 @@ class TextTransformerConfig:
     wide: bool = True  # also pool the input embeddings (bag of n-grams) beside the encoder output
 
 
+def trim_padding(x: torch.Tensor) -> torch.Tensor:
+    """Drop columns that are padding in every row: short strings cost short sequences.
+
+    Only for host tensors. On an accelerator the width would be read back every step (a sync,
+    and a new shape per batch), so there the padding stays and the key padding mask hides it;
+    the logits are the same either way."""
+    used = (x != PAD).any(0).nonzero()
+    return x[:, : int(used.max()) + 1 if len(used) else 1]
+
+
 @register_architecture("text_transformer")
 class TextTransformer(BaseModel):
     config_cls = TextTransformerConfig
@@ -103,11 +113,7 @@ class TextTransformer(BaseModel):
         """Token ids [N,L] (0 = pad) -> embedding [N, d_model]."""
         x = x[:, : self.config.max_len]
         if x.device.type == "cpu":
-            # Drop columns that are padding in every row: short strings cost short sequences. On
-            # an accelerator the width would have to be read back every step (a host sync and a
-            # new shape each batch), so there the padding stays and the key padding mask hides it.
-            used = (x != PAD).any(0).nonzero()
-            x = x[:, : int(used.max()) + 1 if len(used) else 1]
+            x = trim_padding(x)
         pad = x == PAD
         pad[:, 0] &= ~pad.all(1)  # an all-pad row keeps one attendable slot instead of NaNs
         h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
