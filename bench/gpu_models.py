@@ -28,9 +28,10 @@ from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.paths import unified_home
 
-# Upstream models before the models built on them.
+# Upstream models before the models built on them; the slowest (and the extra NOTEARS-on-CUDA
+# row) last, so a section stopped at its time limit keeps the rest.
 ORDER = ["vision_service", "audio_service", "text_service", "multimodal_service", "audio_student",
-         "environment_simulator", "alpha_deep_model", "causal_reasoning_engine", "adaptive_learning_controller"]
+         "environment_simulator", "alpha_deep_model", "adaptive_learning_controller", "causal_reasoning_engine"]
 # The controller's study, shrunk as in the overhead bench: each trial is a real short training.
 SMALL_STUDY = {"budget_epochs": 2, "study_epochs": 4, "check_seeds": 1}
 
@@ -120,34 +121,38 @@ def run(epochs: int = 2, max_train: int = 0, cpu_only: bool = False, section: st
         bundles = {ds: shrink(b, max_train) for ds, b in bundles.items()}
     devices = [d for d in (gpu, "cpu") if d]
     rows, outs = [], {d: {} for d in devices}
+    label = "CUDA" if gpu else "CPU (dry run: the gpu columns are the CPU again)"
+    notes = (f"{label}; {epochs} epochs per fit, early stopping off, main-scenario hyperparameters"
+             + (f", training splits cut to {max_train} rows" if max_train else "")
+             + f"; CPU side: fp32 on {_cores()} threads. samples/s: last epoch. speedup = gpu / cpu samples/s. "
+               "causal_reasoning_engine: rows per second of solver time; it runs NOTEARS on the CPU unless forced.")
+
+    def report(row: dict) -> None:
+        # Saved after every model: a section stopped at its time limit keeps what it measured.
+        rows.append(row)
+        print(row, flush=True)
+        save(section, rows, notes)
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in models or ORDER:
             data = datasets_for(name, bundles)
             ups = MODELS[name].upstream_models
             if not data or any(u not in outs[devices[0]] for u in ups):
-                rows.append({**dict.fromkeys(COLUMNS), "model": name, "epochs": epochs,
-                             "gpu_device": "skipped: no data or upstream model"})
+                report({**dict.fromkeys(COLUMNS), "model": name, "epochs": epochs,
+                        "gpu_device": "skipped: no data or upstream model"})
                 continue
             got = {}
             for dev in devices:
                 got[dev] = fit_once(name, dev, data, {u: outs[dev][u] for u in ups}, epochs, Path(tmp))
                 outs[dev][name] = got[dev]["out"]
-            rows.append(_row(name, epochs, got.get(gpu) if gpu else None, got["cpu"]))
-            print(rows[-1], flush=True)
+            report(_row(name, epochs, got.get(gpu) if gpu else None, got["cpu"]))
             if name == "causal_reasoning_engine" and gpu:
                 os.environ["UNIFIED_CAUSAL_DEVICE"] = "job"
                 try:
                     forced = fit_once(name, gpu, data, {}, epochs, Path(tmp) / "forced")
                 finally:
                     os.environ.pop("UNIFIED_CAUSAL_DEVICE", None)
-                rows.append(_row(f"{name} (NOTEARS forced onto CUDA)", epochs, forced, got["cpu"]))
-                print(rows[-1], flush=True)
-    label = "CUDA" if gpu else "CPU (dry run: the gpu columns are the CPU again)"
-    save(section, rows,
-         f"{label}; {epochs} epochs per fit, early stopping off, main-scenario hyperparameters"
-         + (f", training splits cut to {max_train} rows" if max_train else "")
-         + f"; CPU side: fp32 on {_cores()} threads. samples/s: last epoch. speedup = gpu / cpu samples/s. "
-           "causal_reasoning_engine: rows per second of solver time; it runs NOTEARS on the CPU unless forced.")
+                report(_row(f"{name} (NOTEARS forced onto CUDA)", epochs, forced, got["cpu"]))
     return rows
 
 

@@ -83,7 +83,7 @@ timeout -k 5 "$(left)" "$py" -m dagster job execute -m unified_pipeline.definiti
   || { tail -30 "$work/data_lane.log"; die "the data_lane job failed or ran out of time (log above)"; }
 echo "setup done in $((SECONDS - start))s"
 
-section checks 90 "$py" -m pytest -q -p no:randomly -m cuda tests/test_cuda_steps.py -rs -s
+section checks 120 "$py" -m pytest -q -p no:randomly -m cuda tests/test_cuda_steps.py -rs -s
 section models 200 "$py" -m bench.gpu_models --epochs "$epochs" --max-train "$max_train" $cpu_only
 if [[ $dry == 1 ]]; then
   want busy && echo "gpu_session: busy needs CUDA: not measured in a dry run"
