@@ -140,3 +140,15 @@ def test_vision_augmentation_does_not_recompile(monkeypatch):
     for _ in range(6):  # six random offsets, one graph
         net(x).sum().backward()
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_recurrent_layer_leaves_autocast_when_it_would_lose_the_fused_kernel(monkeypatch, fused):
+    torch.manual_seed(0)
+    model = audio_rnn.AudioRNN(audio_rnn.AudioRNNConfig(num_classes=3, n_mels=8, conv_channels=8, hidden_size=8))
+    monkeypatch.setattr(audio_rnn, "fused_under_autocast", lambda rnn, device: fused)
+    seen = []
+    model.rnn.register_forward_hook(lambda _m, args, _out: seen.append(args[0].data.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(4, 8, 20), torch.tensor([20, 11, 5, 16]))
+    assert seen == [torch.bfloat16 if fused else torch.float32]

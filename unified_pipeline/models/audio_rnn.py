@@ -92,7 +92,8 @@ def fused_under_autocast(rnn_type: str, device: torch.device) -> bool:
     key = (device.type, device.index, rnn_type)
     if key not in _FUSED:
         layer = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn_type](4, 4, batch_first=True).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        # The first call may come from an evaluation without gradients: record them here regardless.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             out, _ = layer(torch.zeros(2, 3, 4, device=device, requires_grad=True))
         _FUSED[key] = "Cudnn" in type(out.grad_fn).__name__
     return _FUSED[key]
