@@ -66,16 +66,17 @@ CASES = {"vision": lambda: _classifier_case("vision"), "audio": lambda: _classif
          "text": lambda: _classifier_case("text"), "environment_world": _world_case, "alpha": _alpha_case}
 
 
-def _syncs_in_fit(case, batch_size: int) -> tuple[int, int]:
+def _syncs_in_fit(case, steps_per_epoch: int) -> tuple[int, int]:
     torch.manual_seed(0)
     model, loss_fn, metric_fn, data, metric, higher = case()
     n = len(data[0])
     cut = n * 3 // 4
     train, val = tuple(t[:cut] for t in data), tuple(t[cut:] for t in data)
+    batch_size = max(2, cut // steps_per_epoch)
     cfg = TrainerConfig(epochs=2, batch_size=batch_size, device="cuda:0", precision="bf16", checkpoint_interval=0,
                         metric=metric, higher_is_better=higher)
     trainer = Trainer(model, cfg, loss_fn=loss_fn, metric_fn=metric_fn, checkpoint_dir=None)
-    steps = 2 * (cut // batch_size)
+    steps = 2 * (cut // batch_size + (1 if cut % batch_size >= 2 else 0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -88,10 +89,10 @@ def _syncs_in_fit(case, batch_size: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_training_steps_never_wait_for_the_gpu(name):
-    few, few_steps = _syncs_in_fit(CASES[name], batch_size=96)
-    many, many_steps = _syncs_in_fit(CASES[name], batch_size=12)
+    few, few_steps = _syncs_in_fit(CASES[name], steps_per_epoch=4)
+    many, many_steps = _syncs_in_fit(CASES[name], steps_per_epoch=40)
     extra_steps = many_steps - few_steps
-    assert extra_steps >= 40
+    assert extra_steps >= 60
     # A read-back in every step would add one sync per extra step; allow a few for batch shapes.
     assert many - few < extra_steps // 4, (name, few, many, few_steps, many_steps)
 
