@@ -13,7 +13,6 @@ the same device just before. The causal engine keeps NOTEARS on the CPU by choic
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import os
