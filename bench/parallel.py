@@ -44,7 +44,7 @@ def fresh_home(base: Path, name: str) -> Path:
     return home
 
 
-def run(job: str = "collaborative_training", modes: str = "sequential,parallel") -> list[dict]:
+def run(job: str = "collaborative_training", modes: str = "sequential,parallel", section: str = "parallel") -> list[dict]:
     settings = {
         "sequential (1 slot)": {"UNIFIED_SLOTS_PER_GPU": "1", "UNIFIED_GPUS": "1" if _gpus() else "0",
                                 "UNIFIED_THREADS_PER_STEP": str(os.cpu_count() or 1)},
@@ -63,8 +63,10 @@ def run(job: str = "collaborative_training", modes: str = "sequential,parallel")
     if len(walls) == 2:
         seq, par = walls.values()
         rows.append({"mode": "speed-up", "wall_s": seq / par, "models_trained": None, "sum_of_model_s": None})
-    save("parallel" if len(walls) == 2 else f"parallel_{wanted[0].split()[0]}", rows,
-         "Whole job wall time including step start-up; tensors were prebuilt for both runs.")
+    preset = os.environ.get("UNIFIED_PRESET")
+    save(section if len(walls) == 2 else f"{section}_{wanted[0].split()[0]}", rows,
+         "Whole job wall time including step start-up; tensors were prebuilt for both runs."
+         + (f" Preset: {Path(preset).name} (epochs capped for a short device session)." if preset else ""))
     return rows
 
 
@@ -75,4 +77,4 @@ def _gpus() -> int:
 
 
 if __name__ == "__main__":
-    run(*sys.argv[1:3])
+    run(*sys.argv[1:4])

@@ -140,7 +140,7 @@ def test_retention_keeps_last_k_and_best(tmp_path):
     s = t.fit(tr, va)
     assert s.best_epoch == 1
     assert [p.name for _k, p in ck.list_checkpoints(tmp_path)] == ["ckpt-epoch0001", "ckpt-epoch0005", "ckpt-epoch0006"]
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".") and p.name != ck.LOCK_FILE for p in tmp_path.iterdir())
 
 
 def _run_worker(ckpt_dir: Path, out: Path, *args: str) -> subprocess.Popen:

@@ -22,9 +22,28 @@ def test_inventory_from_environment(fake_gpus):
     assert devices.gpu_count() == 2 and devices.total_slots() == 6
 
 
-def test_no_gpu_means_cpu_slots(fake_gpus, monkeypatch):
+@pytest.fixture
+def fake_cpus(monkeypatch, tmp_path):
+    """A machine with `cores` cores and, when given, a cgroup v2 (or v1) CPU quota."""
+    def setup(cores, quota=None, period=100000, v1=False):
+        monkeypatch.setattr(devices.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(devices.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+        root = tmp_path / "cgroup"
+        root.mkdir(exist_ok=True)
+        if v1:
+            (root / "cpu").mkdir(exist_ok=True)
+            (root / "cpu" / "cpu.cfs_quota_us").write_text(f"{quota if quota else -1}\n")
+            (root / "cpu" / "cpu.cfs_period_us").write_text(f"{period}\n")
+        else:
+            (root / "cpu.max").write_text(f"{quota or 'max'} {period}\n")
+        monkeypatch.setattr(devices, "CGROUP_ROOT", root)
+
+    return setup
+
+
+def test_no_gpu_means_cpu_slots(fake_gpus, fake_cpus, monkeypatch):
     fake_gpus(0, 4)
-    monkeypatch.setattr(devices.os, "cpu_count", lambda: 8)
+    fake_cpus(8)
     monkeypatch.setenv("UNIFIED_THREADS_PER_STEP", "2")
     assert devices.total_slots() == 4
     assert devices.threads_per_step() == 2
@@ -86,3 +105,71 @@ def test_slots_per_gpu_come_from_the_preset_unless_the_environment_says(monkeypa
     finally:
         devices.gpu_count.cache_clear()
         devices._preset_slots_per_gpu.cache_clear()
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_container_cpu_quota_caps_cores(fake_gpus, fake_cpus, monkeypatch, v1):
+    fake_gpus(0, 4)
+    fake_cpus(64, quota=250000, period=100000, v1=v1)  # limits.cpu: 2.5 on a 64-core node
+    assert devices.cgroup_cpu_limit() == 2.5
+    assert devices.available_cpus() == 2
+    monkeypatch.setenv("UNIFIED_THREADS_PER_STEP", "1")
+    assert devices.total_slots() == 2 and devices.threads_per_step() == 1
+
+
+def test_unlimited_cgroup_leaves_the_affinity(fake_cpus):
+    fake_cpus(6)
+    assert devices.cgroup_cpu_limit() is None and devices.available_cpus() == 6
+
+
+def test_kubernetes_step_skips_slot_files_and_uses_its_whole_quota(fake_gpus, fake_cpus, monkeypatch, tmp_path):
+    fake_gpus(1, 4)  # what a pod with one GPU sees
+    fake_cpus(96, quota=400000)  # a 96-core node, limits.cpu: 4
+    monkeypatch.setenv("UNIFIED_EXECUTOR", "k8s")
+    lock_dir = tmp_path / "locks"
+    # Two pods on different GPUs both see theirs as cuda:0; neither waits for the other.
+    with devices.lease(lock_dir, timeout_s=0.1) as a, devices.lease(lock_dir, timeout_s=0.1) as b:
+        assert a.device == b.device == "cuda:0"
+        assert a.threads == 4
+    assert not lock_dir.exists() or not any(lock_dir.iterdir())
+    fake_gpus(0, 4)  # a data step's pod on a CPU node
+    with devices.lease(lock_dir) as c:
+        assert c.device == "cpu" and c.threads == 4
+
+
+def test_kubernetes_limit_comes_from_the_preset_not_the_local_hardware(fake_gpus, monkeypatch, tmp_path):
+    import json
+
+    fake_gpus(0, 4)  # the code-location pod has no GPU
+    preset = json.loads(open("presets/training_preset.json").read())
+    preset["hardware_configuration"]["cluster_gpus"] = 12
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(path))
+    monkeypatch.setenv("UNIFIED_EXECUTOR", "k8s")
+    assert devices.total_slots() == 12
+    monkeypatch.setenv("UNIFIED_K8S_GPUS_PER_STEP", "2")
+    assert devices.total_slots() == 6
+
+
+def test_leased_gpu_becomes_the_current_cuda_device(fake_gpus, monkeypatch, tmp_path):
+    import torch
+
+    fake_gpus(2, 1)
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: current.append(i))
+    with devices.lease(tmp_path) as a, devices.lease(tmp_path) as b:
+        assert (a.device, b.device) == ("cuda:0", "cuda:1")
+        assert current == [0, 1]
+
+
+def test_pretend_gpus_are_not_bound(fake_gpus, monkeypatch, tmp_path):
+    import torch
+
+    fake_gpus(2, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device on a GPU torch cannot see"))
+    with devices.lease(tmp_path) as a:
+        assert a.device == "cuda:0"

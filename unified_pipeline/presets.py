@@ -102,6 +102,8 @@ class HardwareConfiguration(_Section):
     mixed_precision: bool = True
     slots_per_gpu: int = Field(4, ge=1, le=64)
     compile: bool = False
+    # Kubernetes only: GPUs the cluster may give one run's model steps at once (one pod each).
+    cluster_gpus: int = Field(4, ge=1, le=4096)
 
 
 class ModelInstance(_Section):

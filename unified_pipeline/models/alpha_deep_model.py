@@ -250,6 +250,12 @@ def rebuilt_json_bytes(meta: dict, data: tuple) -> float:
 
 def make_metric(hp: dict, feedback_mean: torch.Tensor, json_bytes: float | None = None):
     def metric_fn(model: AlphaDeepModel, data) -> dict[str, float]:
+        # fp32 whatever the training precision: the codes, the cosine ranking and so recall@k (the
+        # headline metric and the best-epoch choice) are then exactly what `predict` computes.
+        with torch.autocast(data[0].device.type, enabled=False):
+            return _metrics(model, data)
+
+    def _metrics(model: AlphaDeepModel, data) -> dict[str, float]:
         model.eval()
         gen = torch.Generator(device=data[0].device).manual_seed(1234)  # same queries every epoch
         memory = quantise(encode(model, data))

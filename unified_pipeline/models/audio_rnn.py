@@ -2,8 +2,17 @@
 
 The front end (a strided 1-D convolution across time, mel bins as channels) halves the
 sequence before the recurrent layer, which is where CPU time goes. Padding never reaches the
-recurrent state (pack_padded_sequence with the bundle's `lengths`) nor the pooled embedding
+recurrent state (a packed sequence built from the bundle's `lengths`) nor the pooled embedding
 (masked mean + max over valid frames).
+
+Packing needs the lengths on the host. The trainer keeps them there (`host_fields`), and the
+packing below moves only index tensors to the device, without waiting for it, so a CUDA step
+never synchronises; lengths that arrive on the device cost one read-back (inference).
+
+Under bf16 autocast the GRU must stay on cuDNN's fused kernels: `rnn_autocast()` checks once
+per device which kernel autocast picks and runs the recurrent layer in fp32 (TF32, still fused)
+when it would fall back to the per-time-step implementation. torch.compile is left off: the
+packed sequence, the host lengths and the random SpecAugment offsets all break its graph.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
@@ -50,9 +59,51 @@ class AudioRNNConfig:
     spec_mask: int = 4  # max width of one random time and one mel-band mask, training mode only
 
 
+def _lengths_both(lengths: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(host copy, device copy) of the valid lengths, without waiting for the device when they start on the host."""
+    lengths = lengths.to(torch.long)
+    if lengths.device.type == "cpu":
+        return lengths, lengths.to(device, non_blocking=True)
+    return lengths.cpu(), lengths
+
+
+def run_packed(rnn: nn.RNNBase, h: torch.Tensor, n_host: torch.Tensor) -> torch.Tensor:
+    """rnn over the first n_host[i] steps of each row of h [N, T, C]; zeros past them: [N, T, H].
+
+    What pack_padded_sequence / pad_packed_sequence compute, with the sort order moved to the
+    device asynchronously (theirs is a blocking copy, and pad_packed_sequence reads the order
+    back to the host)."""
+    sorted_n, order = torch.sort(n_host, descending=True)
+    order_dev = order.to(h.device, non_blocking=True)
+    data, batch_sizes = torch._pack_padded_sequence(h.index_select(0, order_dev), sorted_n, True)
+    out, _ = rnn(PackedSequence(data, batch_sizes, order_dev, None))
+    padded, _ = torch._pad_packed_sequence(out.data, out.batch_sizes, True, 0.0, h.shape[1])
+    return padded.index_select(0, out.unsorted_indices)
+
+
+_FUSED: dict[tuple[str, int | None, str], bool] = {}
+
+
+def fused_under_autocast(rnn_type: str, device: torch.device) -> bool:
+    """Does a GRU/LSTM under bf16 autocast on `device` run cuDNN's fused kernel? Checked once on a
+    tiny layer through the autograd node it records (cuDNN's is `CudnnRnnBackward0`)."""
+    if device.type != "cuda":
+        return True
+    key = (device.type, device.index, rnn_type)
+    if key not in _FUSED:
+        layer = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn_type](4, 4, batch_first=True).to(device)
+        # The first call may come from an evaluation without gradients: record them here regardless.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            out, _ = layer(torch.zeros(2, 3, 4, device=device, requires_grad=True))
+        _FUSED[key] = "Cudnn" in type(out.grad_fn).__name__
+    return _FUSED[key]
+
+
 @register_architecture("audio_rnn")
 class AudioRNN(BaseModel):
     config_cls = AudioRNNConfig
+    host_fields = (1,)  # forward(x, lengths): lengths on the host
+    compile_off_reason = "packed sequences with host lengths and random masks break the graph"
 
     def __init__(self, config: AudioRNNConfig):
         super().__init__(config)
@@ -90,17 +141,20 @@ class AudioRNN(BaseModel):
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Log-mel batch [N,n_mels,T] with valid frame counts [N] -> embedding [N, embedding_dim]."""
-        lengths = lengths.to(torch.long).cpu()
+        host, dev = _lengths_both(lengths, x.device)
         # Padding is set to 0 (the normalised mean) so the convolutions near a clip's end never see what it held.
-        frames = torch.arange(x.shape[-1]).unsqueeze(0) < lengths.unsqueeze(1)
-        x = x * frames.unsqueeze(1).to(x.device, x.dtype)
+        frames = torch.arange(x.shape[-1], device=x.device).unsqueeze(0) < dev.unsqueeze(1)
+        x = x * frames.unsqueeze(1).to(x.dtype)
         h = self.frontend(x).transpose(1, 2)  # [N, T', C]
-        n = self._frames_after_frontend(lengths).clamp(max=h.shape[1])
-        packed = pack_padded_sequence(h, n, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
-        valid = (torch.arange(h.shape[1]).unsqueeze(0) < n.unsqueeze(1)).to(out.device).unsqueeze(-1)
-        mean = (out * valid).sum(1) / n.to(out.device, out.dtype).unsqueeze(1)
+        n_host = self._frames_after_frontend(host).clamp(max=h.shape[1])
+        n = self._frames_after_frontend(dev).clamp(max=h.shape[1])
+        if torch.is_autocast_enabled(h.device.type) and not fused_under_autocast(self.config.rnn, h.device):
+            with torch.autocast(h.device.type, enabled=False):
+                out = run_packed(self.rnn, h.float(), n_host)
+        else:
+            out = run_packed(self.rnn, h, n_host)
+        valid = (torch.arange(h.shape[1], device=h.device).unsqueeze(0) < n.unsqueeze(1)).unsqueeze(-1)
+        mean = (out * valid).sum(1) / n.to(out.dtype).unsqueeze(1)
         peak = out.masked_fill(~valid, float("-inf")).max(1).values
         return torch.cat([mean, peak], dim=1)
 

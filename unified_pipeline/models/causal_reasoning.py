@@ -19,9 +19,12 @@ rows, which then score the learned graph against the empty graph (held-out log-l
 causal_scores), and bootstrap refits give each learned edge a stability. A ground truth with a
 cycle (real systems have feedback loops) is scored as given, with a warning that names the cycle.
 
-Devices: the NOTEARS-MLP objective, the fitted SEMs and interventions run on `job.device`;
-the linear NOTEARS solve always runs in numpy on the CPU (a d x d problem, where a GPU round
-trip per L-BFGS-B evaluation would cost more than the evaluation).
+Devices: everything runs on the CPU even when the step leased a GPU (`engine_device`). The
+work is float64 (slow on GPUs), its kernels are tiny (d x d matrices, small MLPs), and L-BFGS-B
+reads the loss and gradient back to the host at every evaluation, so on CUDA it is bound by
+kernel launches and synchronisations. `UNIFIED_CAUSAL_DEVICE=job` runs the NOTEARS-MLP
+objective, the SEMs and interventions on the leased device instead, for measuring that choice
+(bench/gpu_session.sh); the linear solve is numpy on the CPU in any case.
 """
 from __future__ import annotations
 
@@ -243,8 +246,22 @@ def _plot_graph(path, name: str, learned: np.ndarray, truth: np.ndarray | None, 
     plt.close(fig)
 
 
+def engine_device(job_device: str) -> tuple[str, str]:
+    """(device to run on, why), given the device the step leased."""
+    import os
+
+    if os.environ.get("UNIFIED_CAUSAL_DEVICE", "cpu").strip().lower() == "job":
+        return job_device, "UNIFIED_CAUSAL_DEVICE=job"
+    if job_device == "cpu":
+        return "cpu", "the step has no accelerator"
+    return "cpu", (f"kept on the CPU instead of {job_device}: float64 NOTEARS with tiny kernels and a host "
+                   "read-back per L-BFGS-B evaluation is launch-bound on a GPU")
+
+
 def fit(job: FitJob) -> FitResult:
     hp = {**DEFAULTS, **job.hparams}
+    device, why = engine_device(job.device)
+    job.log.info("causal_reasoning_engine on %s: %s", device, why)
     if not job.datasets:
         raise ConfigError("causal_reasoning_engine needs at least one causal dataset")
     torch.manual_seed(job.seed)
@@ -252,7 +269,7 @@ def fit(job: FitJob) -> FitResult:
     graphs, fitted, metrics, history, notes = {}, {}, {}, [], {}
     for name, bundle in sorted(job.datasets.items()):
         x, x_test, cols, truth = _check_bundle(name, bundle, list(hp["fit_splits"]))
-        x, x_test = x.to(job.device), x_test.to(job.device)
+        x, x_test = x.to(device), x_test.to(device)
         method = _method_for(bundle.meta, hp["method"])
         mean = x.mean(0)
         standardize, why_scaled = choose_standardize(hp["standardize"], x)
@@ -290,7 +307,7 @@ def fit(job: FitJob) -> FitResult:
         w_raw, w_dag, dropped, mlp, info = learn(z, log)
         adj = (w_dag != 0).astype(np.float32)
         n_res = min(int(hp["n_residuals"]), z.shape[0])
-        sem = CausalSEM(len(cols), method, int(hp["hidden"]), n_res).to(device=job.device, dtype=torch.float64)
+        sem = CausalSEM(len(cols), method, int(hp["hidden"]), n_res).to(device=device, dtype=torch.float64)
         if mlp is not None:
             sem.mlp.load_state_dict(mlp.state_dict())
             sem.mlp.mask.copy_(torch.as_tensor(adj, dtype=torch.float64))
@@ -332,7 +349,7 @@ def fit(job: FitJob) -> FitResult:
         _plot_graph(_plot_path, name, shown, truth, cols)
         notes.setdefault("_plots", {})[f"{name} graph"] = _plot_path
 
-    model = CausalReasoningEngine(CausalConfig(graphs=graphs)).to(job.device)
+    model = CausalReasoningEngine(CausalConfig(graphs=graphs)).to(device)
     for name, sem in fitted.items():
         model.graphs[name].load_state_dict(sem.state_dict())
     with_any_truth = [n for n in graphs if f"{n}/shd" in metrics]
@@ -367,7 +384,7 @@ def fit(job: FitJob) -> FitResult:
     notes["headline"] = "shd = worst structural Hamming distance over datasets with a ground-truth graph"
     return FitResult(metrics=all_metrics, history=history, param_count=model.num_parameters(),
                      epochs_run=max((r["epoch"] for r in history), default=0), samples_per_s=rows / max(wall, 1e-9),
-                     wall_time_s=wall, device=str(job.device), plots=plots, notes=notes)
+                     wall_time_s=wall, device=str(device), plots=plots, notes={**notes, "device_choice": why})
 
 
 def predict(model_dir, inputs: list[str]) -> list[list[tuple[str, float]]]:

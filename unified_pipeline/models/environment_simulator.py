@@ -214,10 +214,11 @@ def episode_windows(tensors: dict, horizon: int) -> tuple[torch.Tensor, int]:
     """Start rows of every run of `horizon` consecutive transitions inside one test episode."""
     ep = tensors["episode"]
     cont = (ep[1:] == ep[:-1]) & torch.isclose(tensors["state"][1:], tensors["next_state"][:-1], atol=1e-5).all(-1)
-    run = torch.zeros(len(ep), dtype=torch.long)  # consecutive rows reachable from each row
+    cont = cont.tolist()  # one read-back, not one per row
+    run = [0] * len(ep)  # consecutive rows reachable from each row
     for i in range(len(ep) - 1, -1, -1):
         run[i] = 1 + (run[i + 1] if i + 1 < len(ep) and cont[i] else 0)
-    starts = torch.nonzero(run >= horizon).flatten()
+    starts = torch.tensor([i for i, r in enumerate(run) if r >= horizon], dtype=torch.long, device=ep.device)
     return starts, len(starts)
 
 

@@ -72,6 +72,8 @@ class FusionConfig:
 @register_architecture("multimodal_fusion")
 class FusionModel(BaseModel):
     config_cls = FusionConfig
+    host_fields = (2,)  # forward(image, mel, lengths, tokens): the audio encoder packs with host lengths
+    compile_off_reason = "its audio encoder packs sequences with host lengths"
 
     def __init__(self, config: FusionConfig):
         super().__init__(config)

@@ -63,6 +63,16 @@ class TextTransformerConfig:
     linear_ngram_scale: float = 0.0
 
 
+def trim_padding(x: torch.Tensor) -> torch.Tensor:
+    """Drop columns that are padding in every row: short strings cost short sequences.
+
+    Only for host tensors. On an accelerator the width would be read back every step (a sync,
+    and a new shape per batch), so there the padding stays and the key padding mask hides it;
+    the logits are the same either way."""
+    used = (x != PAD).any(0).nonzero()
+    return x[:, : int(used.max()) + 1 if len(used) else 1]
+
+
 @register_architecture("text_transformer")
 class TextTransformer(BaseModel):
     config_cls = TextTransformerConfig
@@ -117,9 +127,8 @@ class TextTransformer(BaseModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids [N,L] (0 = pad) -> embedding [N, d_model]."""
         x = x[:, : self.config.max_len]
-        # Drop columns that are padding in every row: short strings cost short sequences.
-        width = int((x != PAD).any(0).nonzero().max()) + 1 if bool((x != PAD).any()) else 1
-        x = x[:, :width]
+        if x.device.type == "cpu":
+            x = trim_padding(x)
         pad = x == PAD
         pad[:, 0] &= ~pad.all(1)  # an all-pad row keeps one attendable slot instead of NaNs
         h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
@@ -154,12 +163,15 @@ class TextTransformer(BaseModel):
         return logits
 
 
-def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int) -> TextTransformer:
+def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int | None = None) -> TextTransformer:
+    """`max_len` defaults to the data lane's `meta["max_len"]`."""
     names = {f.name for f in dataclasses.fields(TextTransformerConfig)}
     cfg = TextTransformerConfig(**{k: v for k, v in hp.items() if k in names})
     cfg.vocab_size = len(meta["vocab"])
     cfg.num_classes = len(meta["classes"])
-    cfg.max_len = max_len
+    cfg.max_len = int(max_len or meta.get("max_len") or 0)
+    if cfg.max_len < 1:
+        raise ConfigError(f"text_service: dataset {meta.get('dataset')!r} meta has no max_len")
     return TextTransformer(cfg)
 
 

@@ -83,8 +83,10 @@ class VisionCNN(BaseModel):
         self.embedding_dim = c_in
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(c_in, config.num_classes))
 
+    @torch.compiler.disable
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        # Pad then crop at a random offset per batch: cheap translation augmentation.
+        # Pad then crop at a random offset per batch: cheap translation augmentation. Kept out of
+        # torch.compile's graph, which would bake one offset in and recompile for every other.
         s = self.config.max_shift
         h, w = x.shape[-2:]
         padded = nn.functional.pad(x, (s, s, s, s))

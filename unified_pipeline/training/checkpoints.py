@@ -17,7 +17,7 @@ non-string keys (optimiser state is keyed by parameter index) are stored as key/
 
 Retention keeps the newest `keep_last` checkpoints plus the one holding the best epoch, and
 deletes others only after a new checkpoint is committed. Saving, pruning and picking the resume
-point hold an exclusive flock on the checkpoint directory itself, so two runs of the same model
+point hold an exclusive lock on the directory's `.lock` file, so two runs of the same model
 and inputs (same directory) never rename onto or delete each other's folders mid-write. Only folders named like the above
 are ever read; anything else (a `.pt` file, say) is ignored and never unpickled.
 """
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import torch
 
 from unified_pipeline import atomic
 from unified_pipeline.errors import IntegrityError
+from unified_pipeline.file_lock import FileLock
 from unified_pipeline.hashing import sha256_file
 
 FORMAT = "unified-pipeline-checkpoint"
@@ -162,17 +161,17 @@ class Checkpoint:
     state: dict[str, Any]  # everything, tensors put back in place
 
 
+LOCK_FILE = ".lock"
+
+
 @contextlib.contextmanager
 def directory_lock(directory: Path) -> Iterator[None]:
-    """Exclusive flock on the folder itself (no lock file to clutter it); released when the holder dies."""
+    """Exclusive lock of a checkpoint folder through its `.lock` file (file_lock.py: NFS-safe);
+    released when the holder dies. Dot-names are never taken for checkpoints."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(directory / LOCK_FILE):
         yield
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(directory: Path, epoch: int, step: int, state: dict[str, Any]) -> Path:

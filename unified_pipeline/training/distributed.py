@@ -9,6 +9,12 @@ CPU worker on the gloo backend:
 DistributedDataParallel averages gradients across ranks every step, so all ranks hold the
 same weights; each rank trains on its own shard of every epoch's permutation. Rank 0 saves
 the model; every rank writes the digest of its final weights so the agreement is checkable.
+
+It offers the service classifiers that train from their dataset alone (`offered_models()`);
+models distilled from or built on other models train through the pipeline. Training is
+plain fp32 (TF32 matmuls on CUDA); the step loop never waits for the GPU: the epoch's loss is
+summed on the device and read once per epoch, and the inputs that the model reads on the host
+(audio `lengths`) stay on the host.
 """
 from __future__ import annotations
 
@@ -30,7 +36,14 @@ from unified_pipeline.models.registry import MODELS
 
 # Tensor fields a classifier's forward() takes, by dataset kind.
 INPUT_FIELDS = {"vision": ("x",), "audio": ("x", "lengths"), "text": ("x",)}
+# Fields the model wants on the host (pack_padded_sequence needs CPU lengths): never copied over.
+HOST_FIELDS = {"lengths"}
 
+
+def offered_models() -> list[str]:
+    """Classifiers of one vision/audio/text dataset that need no other model."""
+    return sorted(m for m, e in MODELS.items()
+                  if len(e.dataset_kinds) == 1 and e.dataset_kinds[0] in INPUT_FIELDS and not e.upstream_models)
 
 def weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -38,7 +51,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
 
 def train(args: argparse.Namespace) -> dict:
     backend = "nccl" if torch.cuda.is_available() and args.backend != "gloo" else "gloo"
@@ -48,6 +60,9 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(f"cuda:{local}" if backend == "nccl" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        from unified_pipeline.training.fit_settings import allow_tf32
+
+        allow_tf32()
     try:
         bundle = TensorBundle.load(args.tensors)
         kind = bundle.meta.get("kind")
@@ -55,12 +70,13 @@ def train(args: argparse.Namespace) -> dict:
             raise ConfigError(f"{args.tensors}: distributed training supports {sorted(INPUT_FIELDS)} data, not {kind!r}")
         module = importlib.import_module(MODELS[args.model].module)
         hp = {**getattr(module, "DEFAULTS", {}), "learning_rate": args.lr}
+        part = bundle.split("train")
         torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         model = module.build(bundle.meta, hp).to(device)
-        ddp = DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
+        # device_ids=None: DDP then leaves the inputs where they are (host lengths stay on the host).
+        ddp = DistributedDataParallel(model, device_ids=None)
         opt = torch.optim.AdamW(ddp.parameters(), lr=args.lr)
-        part = bundle.split("train")
-        inputs = [part[f].to(device) for f in INPUT_FIELDS[kind]]
+        inputs = [part[f] if f in HOST_FIELDS else part[f].to(device) for f in INPUT_FIELDS[kind]]
         y = part["y"].to(device)
         gen = torch.Generator().manual_seed(args.seed)
         losses = []
@@ -68,16 +84,19 @@ def train(args: argparse.Namespace) -> dict:
             perm = torch.randperm(len(y), generator=gen)  # same on all ranks; each takes its stride
             shard = perm[rank::world]
             steps = len(perm) // world // args.batch_size  # equal step count on every rank
+            shard_dev = shard.to(device)
             ddp.train()
-            total = 0.0
+            total = torch.zeros((), device=device)
             for i in range(max(steps, 1)):
-                idx = shard[i * args.batch_size:(i + 1) * args.batch_size].to(device)
+                rows = slice(i * args.batch_size, (i + 1) * args.batch_size)
+                idx, idx_dev = shard[rows], shard_dev[rows]
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(ddp(*[t[idx] for t in inputs]), y[idx])
+                batch = [t[idx] if t.device.type == "cpu" else t[idx_dev] for t in inputs]
+                loss = F.cross_entropy(ddp(*batch), y[idx_dev])
                 loss.backward()
                 opt.step()
-                total += loss.item()
-            losses.append(total / max(steps, 1))
+                total += loss.detach()
+            losses.append(float(total) / max(steps, 1))
         # Buffers (BatchNorm running stats) are only broadcast at the start of a forward; align
         # them once more so every rank ends with exactly rank 0's state.
         for buf in model.buffers():
@@ -93,10 +112,9 @@ def train(args: argparse.Namespace) -> dict:
     finally:
         dist.destroy_process_group()
 
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=[m for m, e in MODELS.items() if set(e.dataset_kinds) <= set(INPUT_FIELDS) and len(e.dataset_kinds) == 1])
+    p.add_argument("--model", required=True, choices=offered_models())
     p.add_argument("--tensors", required=True, help="folder of a dataset's tensors (safetensors + meta.json)")
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=3)
@@ -105,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "gloo"], default="auto")
     train(p.parse_args(argv))
-
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,12 @@
 """The one training loop every model uses.
 
 AdamW with per-step linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA,
-optional torch.compile, early stopping on a validation metric, best weights restored at the end.
+optional torch.compile (off for a model that declares `compile_off_reason`), early stopping on a
+validation metric, best weights restored at the end.
+
+On an accelerator the step loop never waits for the device: the splits and each epoch's
+permutation go over once, batches are cut on the device, and the loss is read back once per
+epoch. Inputs a model reads on the host (`host_fields`, e.g. audio lengths) stay on the host.
 Crash-proof: checkpoints (checkpoints.py) hold everything the loop needs, including RNG and
 shuffle-generator state, so a resumed run on CPU ends with bit-identical weights. SIGINT/SIGTERM
 write a checkpoint at the next step boundary and then raise `TrainingInterrupted`.
@@ -83,7 +88,10 @@ class _Loop:
 class Trainer:
     def __init__(self, model: torch.nn.Module, cfg: TrainerConfig, *, loss_fn: Callable, metric_fn: Callable,
                  checkpoint_dir: Path | None, log: Any = None, on_epoch: Callable | None = None,
-                 control_file: Path | None = None, optimizer_factory: Callable | None = None):
+                 control_file: Path | None = None, optimizer_factory: Callable | None = None,
+                 host_fields: tuple[int, ...] = ()):
+        """`host_fields`: positions in the split tuples that stay on the host, batched with host
+        indices; by default the model's own `host_fields` (positions of forward()'s arguments)."""
         cfg.validate()
         self.model, self.cfg = model, cfg
         self.loss_fn, self.metric_fn = loss_fn, metric_fn
@@ -96,8 +104,13 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model.to(self.device)
-        self.net = torch.compile(model) if cfg.compile else model
+        self.host_fields = frozenset(host_fields or getattr(model, "host_fields", ()))
+        off = getattr(model, "compile_off_reason", None)
+        if cfg.compile and off:
+            self.log.info(f"torch.compile left off for {type(model).__name__}: {off}")
+        self.net = torch.compile(model) if cfg.compile and not off else model
         self._signal: int | None = None
+        self._placed: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -107,10 +120,20 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg, self.optimizer_factory)
 
+    def on_device(self, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """`data` on the training device (host fields stay), copied once per split and trainer."""
+        key = tuple(id(t) for t in data)
+        found = self._placed.get(key)
+        if found is None:
+            moved = tuple(t if i in self.host_fields else t.to(self.device) for i, t in enumerate(data))
+            found = self._placed[key] = (data, moved)  # the originals stay referenced: ids stay theirs
+        return found[1]
+
     def evaluate(self, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        """metric_fn on a whole split in eval mode, without gradients, under the training precision."""
+        """metric_fn on a whole split in eval mode, without gradients, under the training precision
+        (a metric_fn that must not depend on it, like retrieval recall, turns autocast off itself)."""
         if _nbytes(data) <= self.cfg.loader_threshold_bytes:
-            data = tuple(t.to(self.device) for t in data)
+            data = self.on_device(data)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -224,7 +247,8 @@ class Trainer:
         check_split("val", val)
         streamed = _nbytes(train) > cfg.loader_threshold_bytes
         if not streamed:
-            train = tuple(t.to(self.device) for t in train)
+            train = self.on_device(train)
+        on_host = [t.device.type == "cpu" for t in train]
         bs = min(cfg.batch_size, n)
         # A lone trailing sample would break BatchNorm; it is left out of that epoch instead.
         steps = n // bs + (1 if n % bs >= 2 else 0)
@@ -261,20 +285,23 @@ class Trainer:
                     loop.shuffle_state = ckpt._b64(gen.get_state())
                 else:  # mid-epoch resume: replay this epoch's permutation
                     gen.set_state(ckpt._unb64(loop.shuffle_state))
-                perm = torch.randperm(n, generator=gen)
+                perm = torch.randperm(n, generator=gen)  # on the host: the same order on every device
                 batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
                 if streamed:
                     dataset = torch.utils.data.TensorDataset(*train)
                     source = torch.utils.data.DataLoader(dataset, sampler=batches[loop.step:], batch_size=None,
                                                          pin_memory=self.device.type == "cuda" and train[0].device.type == "cpu")
                 else:
-                    dev_batches = [b.to(self.device) for b in batches[loop.step:]]
-                    source = (tuple(t[b] for t in train) for b in dev_batches)
+                    perm_dev = perm.to(self.device) if not all(on_host) else perm
+                    source = (tuple(t[perm[i * bs:(i + 1) * bs]] if host else t[perm_dev[i * bs:(i + 1) * bs]]
+                                    for t, host in zip(train, on_host))
+                              for i in range(loop.step, steps))
                 self.model.train()
                 t0, loss_sum, cmds, stop, lr_used = time.perf_counter(), None, [], False, opt.param_groups[0]["lr"]
                 for batch in source:
                     if streamed:
-                        batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+                        batch = tuple(t if i in self.host_fields else t.to(self.device, non_blocking=True)
+                                      for i, t in enumerate(batch))
                     lr_used = opt.param_groups[0]["lr"]
                     with self._autocast():
                         loss = self.loss_fn(self.net, batch)
