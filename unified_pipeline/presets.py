@@ -2,7 +2,8 @@
 
 Resolution order for a model's hyperparameters, later wins:
 model file DEFAULTS < training_configuration < hardware_configuration < scenario
-< model_specific_presets[model] < run config overrides.
+< model_specific_presets[model] < run config overrides. So a per-model preset's `epochs`
+beats the scenario's; each model step logs the values it resolved and where each came from.
 Keys the original file carried that this pipeline does not use are accepted with a warning.
 """
 from __future__ import annotations
@@ -149,34 +150,48 @@ class Preset(_Section):
         return list(wanted)
 
     def hparams(self, scenario: str, model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.hparams_with_sources(scenario, model, overrides)[0]
+
+    def hparams_with_sources(self, scenario: str, model: str,
+                             overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+        """The resolved hyperparameters and, per key, the preset section that set it (later wins:
+        training_configuration < hardware_configuration < training_scenarios.<scenario>
+        < model_specific_presets.<model> < run config)."""
         sc = self.scenario(scenario)
         tc = self.training_configuration
         hw = self.hardware_configuration
-        out: dict[str, Any] = {
-            "learning_rate": tc.learning_rate,
-            "weight_decay": tc.weight_decay,
-            "optimizer": tc.optimizer,
-            "warmup_epochs": tc.warmup_epochs,
-            "grad_clip": tc.grad_clip,
-            "early_stopping_patience": tc.early_stopping_patience if tc.early_stopping else 0,
-            "keep_last": tc.keep_last_checkpoints,
-            "seed": tc.seed,
-            "promotion_rule": tc.promotion_rule,
-            "keep_versions": tc.keep_versions,
-            "precision": "auto" if hw.mixed_precision else "fp32",
-            "compile": hw.compile,
-            "use_gpu": sc.use_gpu and hw.use_gpu,
-            "epochs": sc.epochs,
-            "batch_size": sc.batch_size,
-            "checkpoint_interval": sc.checkpoint_interval,
+        train = "training_configuration"
+        hard = "hardware_configuration"
+        scen = f"training_scenarios.{scenario}"
+        values: list[tuple[str, Any, str]] = [
+            ("learning_rate", tc.learning_rate, train),
+            ("weight_decay", tc.weight_decay, train),
+            ("optimizer", tc.optimizer, train),
+            ("warmup_epochs", tc.warmup_epochs, train),
+            ("grad_clip", tc.grad_clip, train),
+            ("early_stopping_patience", tc.early_stopping_patience if tc.early_stopping else 0, train),
+            ("keep_last", tc.keep_last_checkpoints, train),
+            ("seed", tc.seed, train),
+            ("promotion_rule", tc.promotion_rule, train),
+            ("keep_versions", tc.keep_versions, train),
+            ("precision", "auto" if hw.mixed_precision else "fp32", hard),
+            ("compile", hw.compile, hard),
+            ("use_gpu", sc.use_gpu and hw.use_gpu, f"{scen} and {hard}"),
+            ("epochs", sc.epochs, scen),
+            ("batch_size", sc.batch_size, scen),
+            ("checkpoint_interval", sc.checkpoint_interval, scen),
             # Collaborative scenarios let models take the adaptive_learning_controller's strategy.
-            "adaptive_strategy": sc.enable_collaborative_training,
-        }
+            ("adaptive_strategy", sc.enable_collaborative_training, scen),
+        ]
         if sc.learning_rate is not None:
-            out["learning_rate"] = sc.learning_rate
-        out.update(self.model_specific_presets.get(model, {}))
-        out.update(overrides or {})
-        return out
+            values.append(("learning_rate", sc.learning_rate, scen))
+        values += [(k, v, f"model_specific_presets.{model}") for k, v in self.model_specific_presets.get(model, {}).items()]
+        values += [(k, v, "run config") for k, v in (overrides or {}).items()]
+        out: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for key, value, source in values:
+            out[key], sources[key] = value, source
+        return out, sources
 
     def preprocess(self, kind: str) -> dict[str, Any]:
         out = dict(self.data_preprocessing.get(kind, {}))

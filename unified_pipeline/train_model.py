@@ -189,6 +189,7 @@ def _train_or_reuse(
     from unified_pipeline.training.job import FitJob
 
     home = unified_home()
+    _remove_dead_staging(home / "staging" / name, log)
     staging = home / "staging" / name / f"{run_id or 'local'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     staging.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(entry.module)
@@ -273,6 +274,18 @@ def _train_or_reuse(
         plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
         data_versions=data_versions, warm_start=warm_record, strategy=strategy,
     )
+
+
+def _remove_dead_staging(root: Path, log: Any) -> None:
+    """Staging folders of steps that were killed (a `finally` never runs after SIGKILL). Folder
+    names end in `-<pid>-<random>`; one whose process is gone is removed."""
+    from unified_pipeline.progress import pid_alive
+
+    for folder in root.glob("*-*-*") if root.is_dir() else ():
+        pid = folder.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info(f"removed {folder}, left by a step that was killed")
 
 
 def _advised(name, hparams, advisors, fixed, registry, log):
