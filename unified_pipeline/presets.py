@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.models.registry import MODELS
-from unified_pipeline.paths import project_root
+from unified_pipeline.paths import project_root, raw_root, unified_home
 from unified_pipeline.registry.aliases import DEFAULT_RULE, RULES
 
 ALL_MODELS = "all_models"
@@ -243,4 +243,27 @@ def load_preset(path: str | Path | None = None) -> Preset:
     unused = _unused_keys(preset)
     if unused:
         warnings.warn(f"{path}: keys not used by this pipeline: {', '.join(unused)}", PresetWarning, stacklevel=2)
+    for problem in root_mismatches(preset):
+        warnings.warn(f"{path}: {problem}", PresetWarning, stacklevel=2)
     return preset
+
+
+# data_configuration keys that name folders, and the variable that really decides each one. The
+# folders are fixed before any preset is read (the list of datasets decides the assets), so the
+# preset can only be checked against them, not move them.
+ROOT_SETTINGS = {"data_root": ("UNIFIED_DATA", raw_root), "output_root": ("UNIFIED_HOME", unified_home)}
+
+
+def root_mismatches(preset: Preset) -> list[str]:
+    """A data_root / output_root that differs from the folder in use, with how to move that folder."""
+    out = []
+    for key, (env, actual) in ROOT_SETTINGS.items():
+        wanted = preset.data_configuration.get(key)
+        if not wanted:
+            continue
+        where = Path(str(wanted)).expanduser()
+        where = (where if where.is_absolute() else project_root() / where).resolve()
+        if where != actual():
+            out.append(f"data_configuration.{key} {str(wanted)!r} is ignored: this run uses {actual()} "
+                       f"(set {env}={where} to use that folder)")
+    return out

@@ -1,0 +1,81 @@
+"""What a model's materialisation shows in the UI, trained or reused: numbers, tables, curves, why."""
+import json
+
+import pytest
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+
+import tiny_data
+
+
+@pytest.fixture
+def setup(home, tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    tiny_data.vision(raw)
+    preset = json.loads(open("presets/training_preset.json").read())
+    preset["training_scenarios"]["collaborative_training"].update(epochs=2, batch_size=8)
+    preset["model_specific_presets"]["vision_service"] = {"batch_size": 8, "epochs": 3, "widths": [8],
+                                                          "blocks_per_stage": 1}
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(path))
+    return raw
+
+
+def _run(instance, run_config=None):
+    from unified_pipeline.assets.json_io import JsonIOManager
+    from unified_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    assets = list({id(graph.get(k).assets_def): graph.get(k).assets_def for k in graph.get_all_asset_keys()}.values())
+    wanted = (AssetSelection.assets(AssetKey(["vision_service"])).upstream()
+              - AssetSelection.assets(AssetKey(["tiny_images", "raw_files"])))
+    result = materialize(assets, selection=wanted, instance=instance, resources={"io_manager": JsonIOManager()},
+                         run_config=run_config, raise_on_error=False)
+    mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()}
+    return result, mats
+
+
+def test_reused_materialisation_carries_the_versions_numbers_curves_and_reason(setup, caplog):
+    with DagsterInstance.ephemeral() as instance:
+        first, mats = _run(instance)
+        assert first.success
+        trained = mats["vision_service"].metadata
+        second, mats = _run(instance)
+        reused = mats["vision_service"].metadata
+    assert trained["status"].value == "trained" and reused["status"].value == "up to date (reused)"
+    assert trained["why"].value == "trained: first version of this model"
+    assert reused["why"].value.startswith("up to date: data versions, code, hyperparameters and upstream models "
+                                          "match vision_service/v1")
+    for meta in (trained, reused):
+        # top-level numbers (the Plots tab draws these across materialisations)
+        assert isinstance(meta["test_accuracy"].value, float) and isinstance(meta["parameters"].value, int)
+        assert meta["epochs"].value == 3  # the per-model preset beats the scenario's 2 epochs
+        assert {"plot_loss", "plot_val_accuracy", "plot_confusion_matrix"} <= set(meta)
+        assert meta["plot_loss"].value.startswith("![loss](data:image/png;base64,")
+        table = meta["metrics"]
+        assert [c.name for c in table.schema.columns][:2] == ["metric", "test"]
+        assert any(r.data["metric"] == "accuracy" for r in table.records)
+        assert "| metric | test |" in meta["report"].value
+        assert meta["location"].value.endswith("vision_service/v1")
+    assert trained["test_accuracy"].value == reused["test_accuracy"].value
+    assert trained["hyperparameter_sources"].value["epochs"] == "model_specific_presets.vision_service"
+    assert trained["hyperparameter_sources"].value["batch_size"] == "model_specific_presets.vision_service"
+
+
+def test_step_logs_resolved_values_and_refuses_a_bad_hparam_in_one_line(setup):
+    bad = {"ops": {"vision_service": {"config": {"hparams": {"dropoot": 1}}}}}
+    with DagsterInstance.ephemeral() as instance:
+        result, _ = _run(instance, bad)
+        assert not result.success
+        failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+        error = failure.step_failure_data.error
+        assert "run config hparams ['dropoot'] are not settings of this model" in error.message
+        assert len(error.message.strip().splitlines()) == 1
+        result, _ = _run(instance, {"ops": {"vision_service": {"config": {"learning_rate": 0.004}}}})
+        assert result.success
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    line = next(m for m in logs if "preset" in m and "scenario collaborative_training" in m)
+    assert "epochs=3 (model_specific_presets.vision_service)" in line
+    assert "learning_rate=0.004 (run config)" in line and "seed=0 (training_configuration)" in line
