@@ -260,3 +260,12 @@ def test_every_scenario_job_writes_the_run_summary_that_results_shows(lanes):
     for job in ("quick_start", "vision_focus", "collaborative_training"):
         nodes = {n.name for n in defs.resolve_job_def(job).nodes_in_topological_order}
         assert "training_summary" in nodes, job
+
+
+def test_status_says_why_the_newest_version_was_trained(vision_version, capsys):
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "vision_service/v1 [latest, production]: trained: first version of this model" in out
+    assert main(["status", "--json"]) == 0
+    (state,) = json.loads(capsys.readouterr().out)
+    assert state["newest_version"] == "vision_service/v1" and state["why"].startswith("trained: first version")

@@ -79,3 +79,35 @@ def test_step_logs_resolved_values_and_refuses_a_bad_hparam_in_one_line(setup):
     line = next(m for m in logs if "preset" in m and "scenario collaborative_training" in m)
     assert "epochs=3 (model_specific_presets.vision_service)" in line
     assert "learning_rate=0.004 (run config)" in line and "seed=0 (training_configuration)" in line
+
+
+def test_run_report_shows_concept_model_metrics_as_a_table():
+    from unified_pipeline.assets.summary_asset import markdown_report, summary_rows
+
+    outcomes = {"causal_reasoning_engine": {
+        "version": "causal_reasoning_engine/v2", "reused": True,
+        "metrics": {"test": {"shd": 1.0, "d10/shd": 0.0, "d10/tpr": 1.0},
+                    "baseline": {"shd": 29.0}}}}
+    text = markdown_report("r1", summary_rows(outcomes), outcomes)
+    assert "| metric | test | baseline |" in text
+    assert "| shd | 1 | 29 |" in text and "| d10/tpr | 1 |  |" in text
+    assert "shd=1" not in text  # no walls of k=v
+
+
+def test_why_names_the_inputs_that_changed():
+    from types import SimpleNamespace
+
+    from unified_pipeline.version_reasons import change_reasons
+
+    def version(n, **lineage):
+        base = {"data_versions": {"text": "aaa"}, "code_version": "c1", "hparams": {"epochs": 5, "use_gpu": True},
+                "upstream": {"vision_service": "vision_service/v1"}}
+        return SimpleNamespace(name=f"m/v{n}", lineage={**base, **lineage})
+
+    v1 = version(1)
+    assert change_reasons(None, v1) == ["first version of this model"]
+    v2 = version(2, data_versions={"text": "bbb"}, hparams={"epochs": 6, "use_gpu": False},
+                 upstream={"vision_service": "vision_service/v2"})
+    assert change_reasons(v1, v2) == ["data changed: text aaa -> bbb", "hyperparameters changed: epochs 5 -> 6",
+                                      "upstream model changed: vision_service vision_service/v1 -> vision_service/v2"]
+    assert change_reasons(v1, version(3, code_version="c2")) == ["code changed (c1 -> c2)"]

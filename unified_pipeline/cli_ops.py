@@ -47,17 +47,38 @@ def progress_lines(states: list[dict]) -> list[str]:
     return lines
 
 
+def _version_reasons() -> list[dict]:
+    from unified_pipeline.registry import ModelRegistry
+    from unified_pipeline.version_reasons import latest_reasons
+
+    return latest_reasons(ModelRegistry())
+
+
 def cmd_status(args) -> int:
     from unified_pipeline.progress import read_all
 
     states = read_all()
+    versions = _version_reasons()
     if args.json:
+        by_model = {v["model"]: v for v in versions}
+        for st in states:
+            if st.get("model") in by_model:
+                v = by_model.pop(st["model"])
+                st.update(newest_version=v["version"], why=v["why"])
+        states += [{"model": v["model"], "status": "idle", "newest_version": v["version"], "why": v["why"]}
+                   for v in by_model.values()]
         print(json.dumps(states, indent=2))
         return 0
-    if not states:
+    if not states and not versions:
         print("no training has run yet (progress files appear under .unified/progress/)")
         return 0
-    print("\n".join(progress_lines(states)))
+    if states:
+        print("\n".join(progress_lines(states)))
+    if versions:
+        print("\nnewest versions, and why they were trained (a step reuses them while these inputs stay the same):")
+    for v in versions:
+        aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+        print(f"  {v['version']}{aliases}: {v['why']}")
     return 0
 
 
