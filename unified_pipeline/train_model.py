@@ -193,10 +193,11 @@ def _train_or_reuse(
     staging = home / "staging" / name / f"{run_id or 'local'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     staging.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(entry.module)
-    start = time.time()
+    started_at = time.time()  # wall clock: compared with the time a control command was written
+    start = time.monotonic()  # durations: a clock adjustment must not change a recorded training time
     from unified_pipeline.training.control import drop_stale
 
-    stale = drop_stale(control_path(name), started=start)
+    stale = drop_stale(control_path(name), started=started_at)
     if stale:
         log.warning(f"{name}: dropped a control command written before this training started: {stale}")
     try:
@@ -225,7 +226,7 @@ def _train_or_reuse(
                 progress.finish("failed", error=f"{type(exc).__name__}: {exc}"[:500])
                 raise
             progress.finish("finished", test=result.metrics.get("test", {}))
-        wall = time.time() - start
+        wall = time.monotonic() - start
         if plan.used:
             # A fit that never reads job.warm_start trained from scratch after all.
             plan.applied = result.notes.get("warm_start") or {
