@@ -269,3 +269,14 @@ def test_status_says_why_the_newest_version_was_trained(vision_version, capsys):
     assert main(["status", "--json"]) == 0
     (state,) = json.loads(capsys.readouterr().out)
     assert state["newest_version"] == "vision_service/v1" and state["why"].startswith("trained: first version")
+
+
+def test_a_misnamed_label_column_says_what_a_text_dataset_needs(home, tmp_path, capsys):
+    ds = tiny_data.text(tmp_path / "raw")
+    csv = ds / "data.csv"
+    csv.write_text(csv.read_text().replace("text,label", "text,labels", 1))
+    assert main(["data"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("tiny_text") and "not recognised" in line
+    assert "data.csv has columns text, labels" in line
+    assert "a text dataset needs columns `text` and `label`" in line
