@@ -276,7 +276,7 @@ def test_a_misnamed_label_column_says_what_a_text_dataset_needs(home, tmp_path, 
     csv = ds / "data.csv"
     csv.write_text(csv.read_text().replace("text,label", "text,labels", 1))
     assert main(["data"]) == 0
-    line = capsys.readouterr().out.strip()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("tiny_text") and "not recognised" in line
     assert "data.csv has columns text, labels" in line
     assert "a text dataset needs columns `text` and `label`" in line
