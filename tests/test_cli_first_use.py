@@ -280,3 +280,34 @@ def test_a_misnamed_label_column_says_what_a_text_dataset_needs(home, tmp_path, 
     assert line.startswith("tiny_text") and "not recognised" in line
     assert "data.csv has columns text, labels" in line
     assert "a text dataset needs columns `text` and `label`" in line
+
+
+# ------------------------------------------------------------------ instance and preset notices
+
+
+def _import_definitions(env_changes, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "UNIFIED_TEMP_INSTANCE_NOTICE")}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", "import unified_pipeline.definitions"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_throwaway_dagster_instance_is_announced_and_the_project_one_is_not(home, tmp_path):
+    tiny_data.text(tmp_path / "raw")
+    without = _import_definitions({}, tmp_path)
+    assert without.returncode == 0, without.stderr
+    assert "WARNING: DAGSTER_HOME is not set" in without.stderr and "export DAGSTER_HOME=" in without.stderr
+    with_home = _import_definitions({"DAGSTER_HOME": str(tmp_path)}, tmp_path)
+    assert with_home.returncode == 0 and "DAGSTER_HOME is not set" not in with_home.stderr
+
+
+def test_preset_roots_that_are_not_in_use_are_named(home, tmp_path, capsys):
+    preset = json.loads(open("presets/training_preset.json").read())
+    preset["data_configuration"].update(data_root="/srv/my_data", output_root=str(home))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    assert main(["presets", "validate", "--file", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "data_configuration.data_root '/srv/my_data' is ignored: this run uses" in err
+    assert "set UNIFIED_DATA=/srv/my_data to use that folder" in err
+    assert "output_root" not in err  # the folder in use: nothing to say

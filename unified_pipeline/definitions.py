@@ -14,7 +14,7 @@ from dagster import (
     multiprocess_executor,
 )
 
-from unified_pipeline import devices, install_check
+from unified_pipeline import devices, install_check, instance_notice
 from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
@@ -59,6 +59,7 @@ def _executor():
 
 def build_definitions() -> Definitions:
     install_check.check_at_code_location_load()  # one line here instead of an EOFError per step
+    instance_notice.say_once()  # a run on a throwaway instance vanishes: say so before it starts
     preset = load_preset()
     refs, data_assets = data_lanes(preset.preprocess)
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}

@@ -251,19 +251,21 @@ def load_preset(path: str | Path | None = None) -> Preset:
 # data_configuration keys that name folders, and the variable that really decides each one. The
 # folders are fixed before any preset is read (the list of datasets decides the assets), so the
 # preset can only be checked against them, not move them.
-ROOT_SETTINGS = {"data_root": ("UNIFIED_DATA", raw_root), "output_root": ("UNIFIED_HOME", unified_home)}
+ROOT_SETTINGS = {"data_root": ("UNIFIED_DATA", raw_root, "data/raw"),
+                 "output_root": ("UNIFIED_HOME", unified_home, ".unified")}
 
 
 def root_mismatches(preset: Preset) -> list[str]:
-    """A data_root / output_root that differs from the folder in use, with how to move that folder."""
+    """A data_root / output_root edited away from the default that is not the folder in use,
+    with how to use that folder."""
     out = []
-    for key, (env, actual) in ROOT_SETTINGS.items():
+    for key, (env, actual, default) in ROOT_SETTINGS.items():
         wanted = preset.data_configuration.get(key)
         if not wanted:
             continue
         where = Path(str(wanted)).expanduser()
         where = (where if where.is_absolute() else project_root() / where).resolve()
-        if where != actual():
+        if where != (project_root() / default).resolve() and where != actual():
             out.append(f"data_configuration.{key} {str(wanted)!r} is ignored: this run uses {actual()} "
                        f"(set {env}={where} to use that folder)")
     return out
