@@ -98,7 +98,10 @@ def _cmd_job(args) -> int:
         job = _known_job(args.job or "collaborative_training")
         dagster_args = ["job", "execute", "-m", DEFS_MODULE, "-j", job]
         if args.config:
+            from unified_pipeline import instance_notice
             from unified_pipeline.run_config_check import check_run_config
+
+            instance_notice.not_needed()  # _launch gives Dagster the project's instance
 
             check_run_config(job, args.config)  # one line on a bad file, before Dagster starts
             dagster_args += ["-c", args.config]

@@ -32,3 +32,8 @@ def say_once() -> None:
     if text and not os.environ.get(_SAID):
         os.environ[_SAID] = "1"
         print(text, file=sys.stderr, flush=True)
+
+
+def not_needed() -> None:
+    """For a process that hands Dagster the project's instance itself (the `unified-pipeline` CLI)."""
+    os.environ[_SAID] = "1"
