@@ -111,3 +111,52 @@ def test_why_names_the_inputs_that_changed():
     assert change_reasons(v1, v2) == ["data changed: text aaa -> bbb", "hyperparameters changed: epochs 5 -> 6",
                                       "upstream model changed: vision_service vision_service/v1 -> vision_service/v2"]
     assert change_reasons(v1, version(3, code_version="c2")) == ["code changed (c1 -> c2)"]
+
+
+def test_an_edited_raw_file_shows_every_model_that_reads_it_as_stale(home, tmp_path, monkeypatch):
+    """Dagster compares direct dependencies only, so the models depend on the raw files too."""
+    from dagster import AssetObservation
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
+    from unified_pipeline.assets.data_assets import raw_key
+    from unified_pipeline.definitions import build_definitions
+
+    raw = tmp_path / "raw"
+    for make in (tiny_data.vision, tiny_data.audio, tiny_data.text):
+        make(raw)
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    for model, lanes in (("multimodal_service", {"tiny_images", "tiny_audio", "tiny_text"}),
+                         ("text_service", {"tiny_text"}), ("vision_service", {"tiny_images"})):
+        parents = {k.to_user_string() for k in graph.get(AssetKey([model])).parent_keys}
+        assert {f"{d}/raw_files" for d in lanes} <= parents, model
+        assert not {f"{d}/raw_files" for d in {"tiny_images", "tiny_audio", "tiny_text"} - lanes} & parents
+
+    from dagster import AssetMaterialization
+    from dagster._core.definitions.data_version import (
+        CODE_VERSION_TAG, DATA_VERSION_TAG, NULL_DATA_VERSION, NULL_EVENT_POINTER, get_input_data_version_tag, get_input_event_pointer_tag,
+    )
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    assets = list({id(graph.get(k).assets_def): graph.get(k).assets_def for k in graph.get_all_asset_keys()}.values())
+    with DagsterInstance.ephemeral() as instance:
+        for ds in ("tiny_images", "tiny_audio", "tiny_text"):
+            instance.report_runless_asset_event(AssetObservation(asset_key=raw_key(ds), tags={DATA_VERSION_TAG: f"{ds}-1"}))
+        done: set[str] = set()
+        for model in ("vision_service", "text_service", "multimodal_service"):  # upstream models first
+            # What a run records: the data version each dependency had when the model materialised.
+            tags = {DATA_VERSION_TAG: "m1", CODE_VERSION_TAG: "c"}
+            for dep in graph.get(AssetKey([model])).parent_keys:
+                tags[get_input_data_version_tag(dep)] = (f"{dep.path[0]}-1" if dep.path[-1] == "raw_files"
+                                                         else "m1" if dep.path[0] in done else NULL_DATA_VERSION.value)
+                tags[get_input_event_pointer_tag(dep)] = NULL_EVENT_POINTER
+            instance.report_runless_asset_event(AssetMaterialization(asset_key=AssetKey([model]), tags=tags))
+            done.add(model)
+        instance.report_runless_asset_event(AssetObservation(asset_key=raw_key("tiny_text"), tags={DATA_VERSION_TAG: "tiny_text-2"}))
+        resolver = get_stale_status_resolver(instance, assets)
+        status = {m: resolver.get_status(AssetKey([m])) for m in ("multimodal_service", "text_service", "vision_service")}
+        causes = resolver.get_stale_causes(AssetKey(["multimodal_service"]))
+    assert status == {"multimodal_service": StaleStatus.STALE, "text_service": StaleStatus.STALE,
+                      "vision_service": StaleStatus.FRESH}
+    assert [(c.dependency.asset_key.to_user_string(), c.reason) for c in causes] == [
+        ("tiny_text/raw_files", "has a new dependency data version")]

@@ -65,8 +65,10 @@ def build_definitions() -> Definitions:
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
     models = trainable_models(refs, prefs)
     advised = {a: [m for m in models if a in MODELS[m].advisors] for a in models}
+    readers = _readers_by_dataset(models)
     model_assets = [
-        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m])
+        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m],
+                    watch=[d for d, names in readers.items() if m in names])
         for m, ds in models.items()
     ]
     if models:

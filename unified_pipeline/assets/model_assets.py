@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from unified_pipeline import devices
-from unified_pipeline.assets.data_assets import tensors_key
+from unified_pipeline.assets.data_assets import raw_key, tensors_key
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.k8s import gpu_step_tags
 from unified_pipeline.models.registry import ModelEntry
@@ -113,16 +113,21 @@ def _input_name(dataset: str) -> str:
     return f"data_{dataset}"
 
 
-def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = ()) -> Any:
+def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = (),
+                watch: Sequence[str] = ()) -> Any:
     """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
-    advised: models this one advises (it is given their resolved presets)."""
+    advised: models this one advises (it is given their resolved presets);
+    watch: every dataset the model depends on, directly or through upstream models. Its raw files
+    are a dependency too, so an edited file shows this model as stale in the UI, not only the
+    manifest one step downstream of the files (Dagster compares direct dependencies only)."""
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
     @asset(
         key=model_key(entry.name),
         ins=ins,
-        deps=[model_key(a) for a in advisors],  # ordering only: the advice is read from the registry
+        # Ordering only: the advice is read from the registry. Raw files: for staleness, see above.
+        deps=[model_key(a) for a in advisors] + [raw_key(ds) for ds in sorted(set(watch) | set(datasets))],
         group_name=entry.group,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags()},
