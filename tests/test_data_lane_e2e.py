@@ -66,21 +66,26 @@ def test_bad_lane_fails_alone_and_names_the_file(all_kinds, home):
     assert not (home / "tensors" / "tiny_images").exists()
 
 
-def test_empty_dataset_folder_is_a_clear_step_failure(all_kinds, home):
+def test_unreadable_dataset_is_a_failed_quality_check_naming_the_file(all_kinds, home):
     from unified_pipeline.definitions import build_definitions
 
     shutil.rmtree(all_kinds / "tiny_text")
     (all_kinds / "tiny_text").mkdir()
     (all_kinds / "tiny_text" / "dataset.json").write_text('{"kind": "text"}')
+    (all_kinds / "tiny_causal" / "data.csv").write_bytes(
+        (all_kinds / "tiny_causal" / "data.csv").read_bytes() + b"1.0,2.0,\xe93.0\n")
     defs = build_definitions()
     with DagsterInstance.ephemeral() as instance:
         result = run_data(defs, instance, raise_on_error=False)
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert len(failures) == 1 and "tiny_text" in failures[0].step_key
-    error = failures[0].event_specific_data.error
-    text = error.message + (error.cause.message if error.cause else "")
-    assert "DatasetError" in text and "tiny_text" in text and "no " in text
-    assert result.get_asset_materialization_events()
+    failed = {c.asset_key.path[0]: c for c in result.get_asset_check_evaluations() if not c.passed}
+    assert sorted(failed) == ["tiny_causal", "tiny_text"]
+    assert "text suite not run: the data could not be read" in failed["tiny_text"].description
+    assert "tiny_text: no .csv/.jsonl files found" in failed["tiny_text"].description
+    assert "data.csv: line 302 (CSV data row 301): not UTF-8 (invalid byte 0xe9 at column 9)" in (
+        failed["tiny_causal"].description)
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "tiny_text/tensors" not in materialised and "tiny_causal/tensors" not in materialised
+    assert "tiny_audio/tensors" in materialised
 
 
 SPLIT_SETTINGS = {"seed": 11, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}

@@ -87,7 +87,7 @@ def test_bad_files_raise(tmp_path):
     root = tmp_path / "t"
     root.mkdir()
     (root / "a.csv").write_bytes("text,label\nok,en\n".encode() + b"caf\xe9,fr\n")
-    with pytest.raises(DatasetError, match=r"a\.csv.*byte offset 20"):
+    with pytest.raises(DatasetError, match=r"a\.csv: line 3 \(CSV data row 2\): not UTF-8 \(invalid byte 0xe9 at column 4\)"):
         manifest(root)
     (root / "a.csv").write_text("sentence,label\nx,y\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"a\.csv.*missing column.*text.*found.*sentence"):

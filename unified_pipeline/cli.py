@@ -96,13 +96,32 @@ def _cmd_job(args) -> int:
         print(f"resuming run {spec.run_id} ({spec.job}); model steps continue from their newest checkpoints")
         dagster_args = spec.dagster_args()
     else:
-        dagster_args = ["job", "execute", "-m", DEFS_MODULE, "-j", args.job or "collaborative_training"]
+        job = _known_job(args.job or "collaborative_training")
+        dagster_args = ["job", "execute", "-m", DEFS_MODULE, "-j", job]
         if args.config:
+            from unified_pipeline import instance_notice
+            from unified_pipeline.run_config_check import check_run_config
+
+            instance_notice.not_needed()  # _launch gives Dagster the project's instance
+
+            check_run_config(job, args.config)  # one line on a bad file, before Dagster starts
             dagster_args += ["-c", args.config]
     print("$ dagster " + shlex.join(dagster_args), flush=True)
     if args.dry_run:
         return 0
     return _launch(dagster_args)
+
+
+def _known_job(name: str) -> str:
+    """A scenario of the preset (one job each) or the data job; anything else is refused here,
+    not after Dagster has loaded the project."""
+    from unified_pipeline.presets import load_preset
+
+    valid = [*load_preset().training_scenarios, "data_lane"]
+    if name not in valid:
+        raise ConfigError(f"unknown scenario {name!r}; valid: {', '.join(valid)}",
+                          hint="`unified-pipeline presets list` shows them")
+    return name
 
 
 def _launch(dagster_args: list[str]) -> int:
@@ -115,11 +134,28 @@ def _launch(dagster_args: list[str]) -> int:
 
 def _cmd_predict(args) -> int:
     from unified_pipeline.inference import predict
+    from unified_pipeline.registry.versions import model_and_ref
 
-    for item, results in predict(args.model, args.inputs, version=args.version, top=args.top):
+    model, version = model_and_ref(args.model)
+    if args.version:  # vN, an alias, or model/vN of the same model
+        named, _, ref = args.version.rpartition("/")
+        if named and named != model:
+            raise ConfigError(f"--version {args.version} names another model than {model}")
+        model, version = model_and_ref(args.model, ref)
+    for item, results in predict(model, args.inputs, version=version, top=args.top):
         shown = ", ".join(f"{label} ({p:.3f})" for label, p in results)
         print(f"{item}\t{shown}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="run a trained model: label images, audio files or text; "
                                            "answer concept-model queries (JSON, causal do() queries)")
-    s.add_argument("model")
+    s.add_argument("model", help="model name, or model/vN (model/production, model/latest)")
     s.add_argument("inputs", nargs="+", help="files, text, JSON or causal queries ('-' reads lines from stdin)")
     s.add_argument("--version", help="vN, latest or production (default)")
-    s.add_argument("--top", type=int, default=1)
+    s.add_argument("--top", type=_positive_int, default=1, help="the N most likely labels per input (default 1)")
     s.set_defaults(func=_cmd_predict)
 
     from unified_pipeline.cli_ops import add_parsers

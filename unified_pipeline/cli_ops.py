@@ -17,38 +17,68 @@ def _bar(done: float, width: int = 24) -> str:
 
 
 def _eta(seconds: float | None) -> str:
-    if not seconds:
+    if not isinstance(seconds, (int, float)) or not seconds:
         return "-"
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _cell(value, spec: str, width: int) -> str:
+    """A number formatted with `spec`, or "-" for a field this model's progress file lacks
+    (NOTEARS and the controller record no training loss)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(format(value, spec), f">{width}")
+    return format("-", f">{width}")
+
+
 def progress_lines(states: list[dict]) -> list[str]:
     lines = [f"{'model':<26} {'status':<9} {'progress':<26} {'epoch':>9} {'loss':>9} {'metric':>16} {'samples/s':>10} {'eta':>7}"]
     for st in states:
-        metric_key = next((k for k in st if k.startswith("val_") and k != "val_loss"), None)
+        metric_key = next((k for k in st if k.startswith("val_") and k != "val_loss"
+                           and isinstance(st[k], (int, float))), None)
         metric = f"{metric_key[4:]}={st[metric_key]:.4f}" if metric_key else "-"
         epochs = max(int(st.get("epochs") or 0), 1)
-        loss = st.get("train_loss")
+        epoch = st.get("epoch") if isinstance(st.get("epoch"), int) else 0
         lines.append(
-            f"{st['model']:<26} {st.get('status', '?'):<9} {_bar(st.get('epoch', 0) / epochs):<26} "
-            f"{st.get('epoch', 0):>4}/{epochs:<4} {loss if loss is None else f'{loss:.4f}':>9} {metric:>16} "
-            f"{st.get('samples_per_s', 0):>10.0f} {_eta(st.get('eta_s')):>7}"
+            f"{st.get('model', '?'):<26} {st.get('status', '?'):<9} {_bar(epoch / epochs):<26} "
+            f"{epoch:>4}/{epochs:<4} {_cell(st.get('train_loss'), '.4f', 9)} {metric:>16} "
+            f"{_cell(st.get('samples_per_s'), '.0f', 10)} {_eta(st.get('eta_s')):>7}"
         )
     return lines
+
+
+def _version_reasons() -> list[dict]:
+    from unified_pipeline.registry import ModelRegistry
+    from unified_pipeline.version_reasons import latest_reasons
+
+    return latest_reasons(ModelRegistry())
 
 
 def cmd_status(args) -> int:
     from unified_pipeline.progress import read_all
 
     states = read_all()
+    versions = _version_reasons()
     if args.json:
+        by_model = {v["model"]: v for v in versions}
+        for st in states:
+            if st.get("model") in by_model:
+                v = by_model.pop(st["model"])
+                st.update(newest_version=v["version"], why=v["why"])
+        states += [{"model": v["model"], "status": "idle", "newest_version": v["version"], "why": v["why"]}
+                   for v in by_model.values()]
         print(json.dumps(states, indent=2))
         return 0
-    if not states:
+    if not states and not versions:
         print("no training has run yet (progress files appear under .unified/progress/)")
         return 0
-    print("\n".join(progress_lines(states)))
+    if states:
+        print("\n".join(progress_lines(states)))
+    if versions:
+        print("\nnewest versions, and why they were trained (a step reuses them while these inputs stay the same):")
+    for v in versions:
+        aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+        print(f"  {v['version']}{aliases}: {v['why']}")
     return 0
 
 
@@ -133,27 +163,27 @@ def cmd_visualize(args) -> int:
     from unified_pipeline.inference import model_dir
     from unified_pipeline.training import plots
 
-    out = Path(args.out)
+    if args.model and args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; valid: {sorted(MODELS)}")
+    out = Path(args.out) if args.out else unified_home() / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    names = [args.model] if args.model else [m for m in MODELS]
+    names = [args.model] if args.model else list(MODELS)
     written = []
     for name in names:
         try:
             folder = model_dir(name, args.version)
         except Exception as exc:  # a model that has not trained yet is skipped, with the reason
+            if args.model:
+                raise
             print(f"{name}: skipped ({exc})")
             continue
         history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
-        if not history:
-            print(f"{name}: no history recorded")
-            continue
-        target = out / name
-        target.mkdir(exist_ok=True)
-        written.append(plots.loss_curves(history, target / "loss.png", title=f"{name} loss"))
-        for key in sorted({k for rec in history for k in rec if k.startswith("val_") and k != "val_loss"}):
-            written.append(plots.metric_curve(history, key, target / f"{key}.png"))
-    for p in written:
-        print(p)
+        pngs = plots.history_plots(history, out / name, name)
+        print(f"{name} ({folder.name}): " + (f"{len(pngs)} plot(s)" if pngs else "no curves in its history"))
+        for p in pngs:
+            print(f"  {p}")
+        written += pngs
+    print(f"{len(written)} plot(s) written under {out}")
     return 0
 
 
@@ -189,7 +219,7 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("visualize", help="write PNG loss and metric curves of trained models")
     s.add_argument("model", nargs="?")
     s.add_argument("--version")
-    s.add_argument("--out", default="plots")
+    s.add_argument("--out", help="folder for the PNG files (default $UNIFIED_HOME/plots, i.e. .unified/plots)")
     s.set_defaults(func=cmd_visualize)
 
 

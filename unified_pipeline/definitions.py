@@ -14,7 +14,7 @@ from dagster import (
     multiprocess_executor,
 )
 
-from unified_pipeline import celery_mode, devices, install_check
+from unified_pipeline import celery_mode, devices, install_check, instance_notice
 from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
@@ -62,6 +62,7 @@ def _executor():
 
 def build_definitions() -> Definitions:
     install_check.check_at_code_location_load()  # one line here instead of an EOFError per step
+    instance_notice.say_once()  # a run on a throwaway instance vanishes: say so before it starts
     preset = load_preset()
     refs, data_assets = data_lanes(preset.preprocess)
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
@@ -69,9 +70,10 @@ def build_definitions() -> Definitions:
     advised = {a: [m for m in models if a in MODELS[m].advisors] for a in models}
     tc = preset.training_configuration
     retry = preemption_retry_policy(tc.preemption_retries, tc.preemption_retry_delay_s)
+    readers = _readers_by_dataset(models)
     model_assets = [
         model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m],
-                    retry_policy=retry)
+                    retry_policy=retry, watch=[d for d, names in readers.items() if m in names])
         for m, ds in models.items()
     ]
     if models:
@@ -96,7 +98,8 @@ def build_definitions() -> Definitions:
         jobs.append(
             define_asset_job(
                 scenario,
-                selection=selection | (AssetSelection.assets(SUMMARY_KEY) if scenario == MAIN_JOB else AssetSelection.assets()),
+                # Every scenario ends in the run summary, so `unified-pipeline results` has its report.
+                selection=selection | AssetSelection.assets(SUMMARY_KEY),
                 tags={SCENARIO_TAG: scenario},
                 description=preset.scenario(scenario).description,
             )

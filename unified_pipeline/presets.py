@@ -2,7 +2,8 @@
 
 Resolution order for a model's hyperparameters, later wins:
 model file DEFAULTS < training_configuration < hardware_configuration < scenario
-< model_specific_presets[model] < run config overrides.
+< model_specific_presets[model] < run config overrides. So a per-model preset's `epochs`
+beats the scenario's; each model step logs the values it resolved and where each came from.
 Keys the original file carried that this pipeline does not use are accepted with a warning.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.models.registry import MODELS, register_instance, reset_instances
-from unified_pipeline.paths import project_root
+from unified_pipeline.paths import project_root, raw_root, unified_home
 from unified_pipeline.registry.aliases import DEFAULT_RULE, RULES
 
 ALL_MODELS = "all_models"
@@ -185,40 +186,55 @@ class Preset(_Section):
         return list(wanted)
 
     def hparams(self, scenario: str, model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.hparams_with_sources(scenario, model, overrides)[0]
+
+    def hparams_with_sources(self, scenario: str, model: str,
+                             overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+        """The resolved hyperparameters and, per key, the preset section that set it (later wins:
+        training_configuration < hardware_configuration < training_scenarios.<scenario>
+        < model_specific_presets.<model> < run config)."""
         sc = self.scenario(scenario)
         tc = self.training_configuration
         hw = self.hardware_configuration
-        out: dict[str, Any] = {
-            "learning_rate": tc.learning_rate,
-            "weight_decay": tc.weight_decay,
-            "optimizer": tc.optimizer,
-            "warmup_epochs": tc.warmup_epochs,
-            "grad_clip": tc.grad_clip,
-            "early_stopping_patience": tc.early_stopping_patience if tc.early_stopping else 0,
-            "keep_last": tc.keep_last_checkpoints,
-            "seed": tc.seed,
-            "promotion_rule": tc.promotion_rule,
-            "keep_versions": tc.keep_versions,
-            "promotion_gate": tc.promotion_gate,
-            "precision": "auto" if hw.mixed_precision else "fp32",
-            "compile": hw.compile,
-            "use_gpu": sc.use_gpu and hw.use_gpu,
-            "epochs": sc.epochs,
-            "batch_size": sc.batch_size,
-            "checkpoint_interval": sc.checkpoint_interval,
+        train = "training_configuration"
+        hard = "hardware_configuration"
+        scen = f"training_scenarios.{scenario}"
+        values: list[tuple[str, Any, str]] = [
+            ("learning_rate", tc.learning_rate, train),
+            ("weight_decay", tc.weight_decay, train),
+            ("optimizer", tc.optimizer, train),
+            ("warmup_epochs", tc.warmup_epochs, train),
+            ("grad_clip", tc.grad_clip, train),
+            ("early_stopping_patience", tc.early_stopping_patience if tc.early_stopping else 0, train),
+            ("keep_last", tc.keep_last_checkpoints, train),
+            ("seed", tc.seed, train),
+            ("promotion_rule", tc.promotion_rule, train),
+            ("keep_versions", tc.keep_versions, train),
+            ("promotion_gate", tc.promotion_gate, train),
+            ("precision", "auto" if hw.mixed_precision else "fp32", hard),
+            ("compile", hw.compile, hard),
+            ("use_gpu", sc.use_gpu and hw.use_gpu, f"{scen} and {hard}"),
+            ("epochs", sc.epochs, scen),
+            ("batch_size", sc.batch_size, scen),
+            ("checkpoint_interval", sc.checkpoint_interval, scen),
             # Collaborative scenarios let models take the adaptive_learning_controller's strategy.
-            "adaptive_strategy": sc.enable_collaborative_training,
-        }
+            ("adaptive_strategy", sc.enable_collaborative_training, scen),
+        ]
         if sc.learning_rate is not None:
-            out["learning_rate"] = sc.learning_rate
+            values.append(("learning_rate", sc.learning_rate, scen))
         entry = MODELS.get(model)
         if entry is not None and entry.base != model:  # an instance starts from its architecture's preset
-            out.update({k: v for k, v in self.model_specific_presets.get(entry.base, {}).items() if k != "datasets"})
+            values += [(k, v, f"model_specific_presets.{entry.base}")
+                       for k, v in self.model_specific_presets.get(entry.base, {}).items() if k != "datasets"]
         if model in self.model_instances:
-            out.update(self.model_instances[model].hparams)
-        out.update(self.model_specific_presets.get(model, {}))
-        out.update(overrides or {})
-        return out
+            values += [(k, v, f"model_instances.{model}.hparams") for k, v in self.model_instances[model].hparams.items()]
+        values += [(k, v, f"model_specific_presets.{model}") for k, v in self.model_specific_presets.get(model, {}).items()]
+        values += [(k, v, "run config") for k, v in (overrides or {}).items()]
+        out: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for key, value, source in values:
+            out[key], sources[key] = value, source
+        return out, sources
 
     def preprocess(self, kind: str) -> dict[str, Any]:
         out = dict(self.data_preprocessing.get(kind, {}))
@@ -272,4 +288,29 @@ def load_preset(path: str | Path | None = None) -> Preset:
     unused = _unused_keys(preset)
     if unused:
         warnings.warn(f"{path}: keys not used by this pipeline: {', '.join(unused)}", PresetWarning, stacklevel=2)
+    for problem in root_mismatches(preset):
+        warnings.warn(f"{path}: {problem}", PresetWarning, stacklevel=2)
     return preset
+
+
+# data_configuration keys that name folders, and the variable that really decides each one. The
+# folders are fixed before any preset is read (the list of datasets decides the assets), so the
+# preset can only be checked against them, not move them.
+ROOT_SETTINGS = {"data_root": ("UNIFIED_DATA", raw_root, "data/raw"),
+                 "output_root": ("UNIFIED_HOME", unified_home, ".unified")}
+
+
+def root_mismatches(preset: Preset) -> list[str]:
+    """A data_root / output_root edited away from the default that is not the folder in use,
+    with how to use that folder."""
+    out = []
+    for key, (env, actual, default) in ROOT_SETTINGS.items():
+        wanted = preset.data_configuration.get(key)
+        if not wanted:
+            continue
+        where = Path(str(wanted)).expanduser()
+        where = (where if where.is_absolute() else project_root() / where).resolve()
+        if where != (project_root() / default).resolve() and where != actual():
+            out.append(f"data_configuration.{key} {str(wanted)!r} is ignored: this run uses {actual()} "
+                       f"(set {env}={where} to use that folder)")
+    return out

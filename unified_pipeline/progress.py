@@ -47,7 +47,9 @@ class ProgressWriter:
             pass
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill(0, ...) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +66,7 @@ def read_all() -> list[dict[str, Any]]:
             state = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if state.get("status") == "running" and not _alive(int(state.get("pid", 0))):
+        if state.get("status") == "running" and not pid_alive(int(state.get("pid", 0))):
             state["status"] = "died"
         out.append(state)
     return out

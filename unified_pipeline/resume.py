@@ -108,23 +108,63 @@ def _failures() -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: float(d.get("failed_at") or 0.0))
 
 
+def died(instance: Any, run_id: str) -> bool:
+    """A run Dagster still calls STARTED whose processes are gone (SIGKILL, OOM, a closed laptop):
+    every process that wrote an event for it has exited."""
+    pids = {e.dagster_event.pid for e in instance.all_logs(run_id)
+            if e.dagster_event is not None and e.dagster_event.pid}
+    from unified_pipeline.progress import pid_alive
+
+    return not any(pid_alive(int(p)) for p in pids)
+
+
+def stored_failures(limit: int = 50) -> list[tuple[float, Any]]:
+    """(time, DagsterRun) of the instance's failed, canceled and died runs, oldest first.
+
+    The error reports above only exist when a step could still write one; a killed step or run
+    leaves nothing but Dagster's own run storage."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from unified_pipeline.dagster_home import open_instance
+
+    statuses = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED, DagsterRunStatus.STARTED]
+    out = []
+    with open_instance() as instance:
+        if instance is None:
+            return []
+        for record in instance.get_run_records(filters=RunsFilter(statuses=statuses), limit=limit):
+            run = record.dagster_run
+            if run.status == DagsterRunStatus.STARTED and not died(instance, run.run_id):
+                continue
+            out.append((record.update_timestamp.timestamp(), run))
+    return sorted(out, key=lambda t: t[0])
+
+
 def failed_run(run_id: str | None = None) -> RunSpec:
-    """The newest failed run (or the one whose id starts with `run_id`) as a RunSpec."""
-    failures = _failures()
+    """The newest failed run (or the one whose id starts with `run_id`) as a RunSpec: from the
+    error reports, else from Dagster's run storage (failed, canceled, or died while running)."""
     if run_id:
         check_run_id(run_id)
-        failures = [d for d in failures if d["run_id"].startswith(run_id)]
-        if len({d["run_id"] for d in failures}) > 1:
-            raise ConfigError(f"run id {run_id!r} is ambiguous: {sorted({d['run_id'] for d in failures})}")
-        if not failures:
-            run = lookup_run(run_id)
-            if run is None:
-                raise ConfigError(f"no failed run {run_id!r} in {reports_dir()} nor in the Dagster instance",
-                                  hint="give the full run id, or leave it out to resume the newest failure")
-            return spec_from_run(run)
-    if not failures:
-        raise ConfigError(f"no failed run recorded in {reports_dir()}", hint="nothing to resume")
-    newest = failures[-1]
+    reports = [d for d in _failures() if not run_id or d["run_id"].startswith(run_id)]
+    stored = [(t, r) for t, r in stored_failures() if not run_id or r.run_id.startswith(run_id)]
+    candidates = {d["run_id"]: (float(d.get("failed_at") or 0.0), d) for d in reports}
+    for t, run in stored:
+        if run.run_id not in candidates or candidates[run.run_id][0] < t:
+            candidates[run.run_id] = (t, run)
+    if run_id and len(candidates) > 1:
+        raise ConfigError(f"run id {run_id!r} is ambiguous: {sorted(candidates)}", hint="give more characters")
+    if not candidates:
+        if run_id:
+            run = lookup_run(run_id)  # a full id of a run that Dagster does not call failed
+            if run is not None:
+                return spec_from_run(run)
+            raise ConfigError(f"no failed run {run_id!r} in {reports_dir()} nor in the Dagster instance",
+                              hint="give the run id shown by Dagster, or leave it out to resume the newest failure")
+        raise ConfigError(f"no failed run recorded in {reports_dir()} nor in the Dagster instance",
+                          hint="nothing to resume")
+    _, newest = max(candidates.values(), key=lambda c: c[0])
+    if not isinstance(newest, dict):
+        return spec_from_run(newest)
     if str(newest["job"]).startswith("__") and not newest.get("assets"):
         run = lookup_run(newest["run_id"])  # the report was written without the run's selection
         if run is not None:

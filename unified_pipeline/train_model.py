@@ -201,13 +201,15 @@ def _train_or_reuse(
     from unified_pipeline.training.job import FitJob
 
     home = unified_home()
+    _remove_dead_staging(home / "staging" / name, log)
     staging = home / "staging" / name / f"{run_id or 'local'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     staging.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(entry.module)
-    start = time.time()
+    started_at = time.time()  # wall clock: compared with the time a control command was written
+    start = time.monotonic()  # durations: a clock adjustment must not change a recorded training time
     from unified_pipeline.training.control import drop_stale
 
-    stale = drop_stale(control_path(name), started=start)
+    stale = drop_stale(control_path(name), started=started_at)
     if stale:
         log.warning(f"{name}: dropped a control command written before this training started: {stale}")
     try:
@@ -247,7 +249,7 @@ def _train_or_reuse(
             progress.finish("finished", test=result.metrics.get("test", {}))
         earlier = preemption.read_records(name, fp)
         cost = total([r.get("cost") or {} for r in earlier] + [attempt])
-        wall = attempt["wall_s"]
+        wall = attempt["wall_s"]  # the cost meter's monotonic clock
         if plan.used:
             # A fit that never reads job.warm_start trained from scratch after all.
             plan.applied = result.notes.get("warm_start") or {
@@ -312,6 +314,18 @@ def _train_or_reuse(
         plots={t: str(Path(version.path) / Path(p).relative_to(staging)) for t, p in result.plots.items()},
         data_versions=data_versions, warm_start=warm_record, strategy=strategy, cost=cost, preemptions=earlier,
     )
+
+
+def _remove_dead_staging(root: Path, log: Any) -> None:
+    """Staging folders of steps that were killed (a `finally` never runs after SIGKILL). Folder
+    names end in `-<pid>-<random>`; one whose process is gone is removed."""
+    from unified_pipeline.progress import pid_alive
+
+    for folder in root.glob("*-*-*") if root.is_dir() else ():
+        pid = folder.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info(f"removed {folder}, left by a step that was killed")
 
 
 def _advised(name, hparams, advisors, fixed, registry, log):

@@ -34,6 +34,13 @@ def retrain_schedule(job_name: str) -> ScheduleDefinition:
     )
 
 
+def last_materialised_version(instance, dataset: str) -> str | None:
+    """The raw data version the dataset's manifest was last built from (None: never built)."""
+    event = instance.get_latest_materialization_event(manifest_key(dataset))
+    materialization = event.asset_materialization if event is not None else None
+    return (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization is not None else None
+
+
 def new_data_sensor(job_name: str, refs: list[DatasetRef], downstream: dict[str, list[str]],
                     also: tuple[AssetKey, ...] = ()):
     """Requests a run for the lanes whose data version changed, and the models that read them.
@@ -58,9 +65,13 @@ def new_data_sensor(job_name: str, refs: list[DatasetRef], downstream: dict[str,
         for ref in refs:
             if ref.root.is_dir():
                 current[ref.name] = dataset_version(ref.root, cache)[0]
+        for ds in current:
+            if ds not in seen:  # first tick (or a new lane): compare with what was last materialised
+                seen[ds] = last_materialised_version(context.instance, ds)
         changed = sorted(ds for ds, v in current.items() if seen.get(ds) != v)
         if not changed:
-            return SkipReason("no dataset changed")
+            return SensorResult(skip_reason=SkipReason("no dataset changed since its last materialisation"),
+                                cursor=json.dumps(current, sort_keys=True))
         events = [AssetObservation(asset_key=raw_key(ds), tags={DATA_VERSION_TAG: current[ds]}) for ds in changed]
         keys = set(also)
         for ds in changed:

@@ -150,7 +150,13 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         from unified_pipeline.quality.runner import validate
 
         current = lane_settings(ref, settings)
-        version, df, path = build_manifest(ref, current, log=context.log)
+        try:
+            version, df, path = build_manifest(ref, current, log=context.log)
+        except DatasetError as exc:
+            # Unreadable data is a data-quality verdict, shown where the suite's verdicts are
+            # (the check, `unified-pipeline data`), and it stops the lane like a failed suite.
+            yield from _unreadable(ref, exc)
+            return
         report = validate(ref.kind, df, current)
         from unified_pipeline.registry.evidence import record_verdict
 
@@ -208,6 +214,23 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         )
 
     return [raw_files, manifest, tensors]
+
+
+def _unreadable(ref: DatasetRef, exc: DatasetError):
+    message = " ".join(str(exc).split())
+    hint = f" (hint: {exc.hint})" if exc.hint else ""
+    yield Output(
+        {"dataset": ref.name, "kind": ref.kind, "error": message, "rows": 0},
+        metadata={"rows": 0, "error": MetadataValue.text(message + hint)},
+    )
+    yield AssetCheckResult(
+        check_name=QUALITY_CHECK,
+        asset_key=manifest_key(ref.name),
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{ref.kind} suite not run: the data could not be read: {message}{hint}",
+        metadata={"error": MetadataValue.text(message), "dataset": MetadataValue.path(str(ref.root))},
+    )
 
 
 def unrecognised_assets(problems: dict[Path, str]) -> list[AssetsDefinition]:

@@ -11,6 +11,7 @@ from dagster import (
     AssetIn,
     AssetKey,
     Config,
+    DataVersion,
     Failure,
     MetadataValue,
     Output,
@@ -18,8 +19,8 @@ from dagster import (
 )
 
 from unified_pipeline import celery_mode, devices
-from unified_pipeline.assets.data_assets import tensors_key
-from unified_pipeline.assets.plots import image_metadata
+from unified_pipeline.assets.data_assets import raw_key, tensors_key
+from unified_pipeline.errors import ConfigError
 from unified_pipeline.k8s import gpu_step_tags
 from unified_pipeline.models.registry import ModelEntry
 
@@ -65,6 +66,30 @@ def run_config_overrides(config: TrainConfig, entry: ModelEntry, preset_hparams:
     return {**config.hparams, **named}
 
 
+# Values worth one line at the start of every model step, with where each came from.
+LOGGED_HPARAMS = ("epochs", "batch_size", "learning_rate", "early_stopping_patience", "seed")
+
+
+def resolved_line(model: str, preset_path: Path, scenario: str, hparams: dict, sources: dict) -> str:
+    shown = [k for k in LOGGED_HPARAMS if k in hparams] + sorted(
+        k for k, src in sources.items() if src == "run config" and k not in LOGGED_HPARAMS)
+    values = ", ".join(f"{k}={hparams[k]} ({sources.get(k, 'model default')})" for k in shown)
+    return f"{model}: preset {preset_path}, scenario {scenario}: {values}"
+
+
+def data_settings_ignored(preset: Any) -> list[str]:
+    """`preset_path` reaches the model steps only: the data steps were built from $UNIFIED_PRESET."""
+    from unified_pipeline.presets import default_preset_path, load_preset
+
+    loaded = load_preset(default_preset_path())
+    out = []
+    for key in ("data_configuration", "data_preprocessing"):
+        if getattr(preset, key) != getattr(loaded, key):
+            out.append(f"preset_path: its {key} differs from {default_preset_path()}'s, which the data steps "
+                       f"use; set UNIFIED_PRESET to that file to apply it to the data steps too")
+    return out
+
+
 def quality_verdict(entry: ModelEntry, metrics: dict, threshold: float | None) -> tuple[bool, dict]:
     """The test metric reaches the threshold and, where the run trained a baseline on the same
     split (text n-gram model, from-scratch twin, student without teacher), beats it.
@@ -102,17 +127,21 @@ def _input_name(dataset: str) -> str:
 
 
 def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = (),
-                retry_policy: Any = None) -> Any:
+                retry_policy: Any = None, watch: Sequence[str] = ()) -> Any:
     """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
     advised: models this one advises (it is given their resolved presets);
-    retry_policy: applies to preemption only (training/preemption.py); other errors are not retried."""
+    retry_policy: applies to preemption only (training/preemption.py); other errors are not retried;
+    watch: every dataset the model depends on, directly or through upstream models. Its raw files
+    are a dependency too, so an edited file shows this model as stale in the UI, not only the
+    manifest one step downstream of the files (Dagster compares direct dependencies only)."""
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
     @asset(
         key=model_key(entry.name),
         ins=ins,
-        deps=[model_key(a) for a in advisors],  # ordering only: the advice is read from the registry
+        # Ordering only: the advice is read from the registry. Raw files: for staleness, see above.
+        deps=[model_key(a) for a in advisors] + [raw_key(ds) for ds in sorted(set(watch) | set(datasets))],
         group_name=entry.group,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags(), **celery_mode.model_step_tags()},
@@ -141,9 +170,17 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
             if not config.scenario and entry.name not in preset.available_models_for(scenario):
                 # An upstream model pulled into another scenario's job keeps the main settings, so it is reused.
                 scenario = DEFAULT_SCENARIO
-            preset_hparams = preset.hparams(scenario, entry.name)
-            overrides = run_config_overrides(config, entry, preset_hparams)
+            preset_hparams, sources = preset.hparams_with_sources(scenario, entry.name)
+            try:
+                overrides = run_config_overrides(config, entry, preset_hparams)
+            except ConfigError as exc:  # the message says it all; a traceback would bury it
+                raise Failure(description=str(exc), allow_retries=False) from None
             hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once
+            sources.update({k: "run config" for k in overrides})
+            context.log.info(resolved_line(entry.name, preset_path, scenario, hparams, sources))
+            if config.preset_path:
+                for line in data_settings_ignored(preset):
+                    context.log.warning(line)
             if advised:
                 hparams["advised_presets"] = {  # only what changes a result, so the fingerprint ignores the rest
                     m: {k: v for k, v in preset.hparams(scenario, m).items() if k not in NON_SEMANTIC_HPARAMS}
@@ -175,7 +212,11 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 # Only preemption is retried: a bad setting or bad data would fail again.
                 raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
             raise
-        test = outcome.metrics.get("test", {})
+        from unified_pipeline.assets.model_metadata import report_markdown, version_metadata
+        from unified_pipeline.registry import ModelRegistry
+
+        registry = ModelRegistry()
+        version = registry.resolve(outcome.version)
         metadata: dict[str, Any] = {
             "version": outcome.version,
             "status": "up to date (reused)" if outcome.reused else "trained",
@@ -183,32 +224,27 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
             "device": outcome.device,
             "fingerprint": outcome.fingerprint[:16],
             "data_versions": MetadataValue.json(outcome.data_versions),
-            "location": MetadataValue.path(outcome.path),
-            "metrics": MetadataValue.json(outcome.metrics),
-            "hyperparameters": MetadataValue.json(hparams),
+            **version_metadata(version, registry, outcome.reused),
+            "hyperparameters": MetadataValue.json(hparams if not outcome.reused else version.lineage.get("hparams", hparams)),
+            "hyperparameter_sources": MetadataValue.json(sources),
             "warm_start": MetadataValue.json(outcome.warm_start or {}),
             "strategy": MetadataValue.json(outcome.strategy or {}),
         }
-        for k, v in test.items():
-            if isinstance(v, (int, float)):
-                metadata[f"test_{k}"] = float(v)
+        metadata["report"] = MetadataValue.md(report_markdown(version, metadata["why"]))
         metadata.update(cost_metadata(outcome.cost))
         if outcome.preemptions:
             metadata["preemptions"] = MetadataValue.json(outcome.preemptions)
         if not outcome.reused:
             metadata.update(
                 {
-                    "parameters": outcome.param_count,
-                    "epochs": outcome.epochs_run,
                     "wall_time_s": round(outcome.wall_time_s, 2),
                     "samples_per_s": round(outcome.samples_per_s, 1),
                     "resumed_from": outcome.resumed_from or "",
                 }
             )
-            for title, png in outcome.plots.items():
-                if Path(png).exists():
-                    metadata[f"plot_{title}"] = image_metadata(title, Path(png))
-        yield Output(outcome.to_json(), metadata=metadata)
+        context.log.info(f"{entry.name}: {metadata['why']}")
+        # The version's fingerprint is its data version: a reused version changes nothing downstream.
+        yield Output(outcome.to_json(), metadata=metadata, data_version=DataVersion(outcome.fingerprint))
         threshold = config.threshold if config.threshold is not None else entry.threshold
         passed, check_meta = quality_verdict(entry, outcome.metrics, threshold)
         yield AssetCheckResult(

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from unified_pipeline import atomic
+from unified_pipeline.assets.model_metadata import metrics_markdown
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.paths import unified_home
 
@@ -20,6 +21,9 @@ COLUMNS = ["model", "version", "status", "metric", "value", "promoted", "wall_ti
 # costs were recorded shows none.
 COST_COLUMNS = {"cpu_s": "cpu_s", "gpu_s": "gpu_s", "peak_rss_mb": "peak_rss_mb", "peak_gpu_mem_mb": "peak_gpu_mem_mb",
                 "samples_seen": "samples", "attempts": "attempts"}
+# Column types of the UI's table: numbers sort and align as numbers, nothing is cut into "traine d".
+COLUMN_TYPES = {"value": "float", "promoted": "bool", "wall_time_s": "float", "cpu_s": "float", "gpu_s": "float",
+                "peak_rss_mb": "float", "peak_gpu_mem_mb": "float", "samples_seen": "int", "attempts": "int"}
 _INLINE_BUDGET = 400_000  # PNG bytes inlined into the UI's copy of the report; run storage keeps every event
 
 
@@ -68,10 +72,8 @@ def markdown_report(run_id: str, rows: list[dict[str, Any]], outcomes: dict[str,
         lines += ["", f"## {name} ({o.get('version', '')})", "", f"- status: {outcome_status(o)}; {o.get('promotion_note', '')}",
                   f"- data versions: {', '.join(f'{k}={v}' for k, v in o.get('data_versions', {}).items())}",
                   f"- location: `{o.get('path', '')}`"]
-        for split, metrics in o.get("metrics", {}).items():
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            if shown:
-                lines.append(f"- {split}: {shown}")
+        if o.get("metrics"):
+            lines += ["", metrics_markdown(o["metrics"])]
         images = []
         for title, png in o.get("plots", {}).items():
             src = image_src(name, title, Path(png)) if image_src else None
@@ -136,11 +138,12 @@ def summary_asset(model_names: list[str]):
         report_path = results_dir / f"{context.run_id}.md"
         atomic.write_text(report_path, markdown_report(context.run_id, rows, outcomes, copied_plots(report_path)))
         report = markdown_report(context.run_id, rows, outcomes, inline_plots())
-        schema = TableSchema(columns=[TableColumn(c, "string") for c in COLUMNS])
+        schema = TableSchema(columns=[TableColumn(c, COLUMN_TYPES.get(c, "string")) for c in COLUMNS])
         return Output(
             {"run_id": context.run_id, "summary": rows, "report": str(report_path)},
             metadata={
-                "summary": MetadataValue.table([TableRecord({c: str(r[c]) for c in COLUMNS}) for r in rows], schema=schema),
+                "summary": MetadataValue.table([TableRecord({c: _cell(r[c], c) for c in COLUMNS}) for r in rows],
+                                               schema=schema),
                 "report": MetadataValue.md(report),
                 "report_path": MetadataValue.path(str(report_path)),
                 "trained": sum(r["status"] == "trained" for r in rows),
@@ -150,6 +153,12 @@ def summary_asset(model_names: list[str]):
         )
 
     return training_summary
+
+
+def _cell(value: Any, column: str) -> Any:
+    if column in COLUMN_TYPES:
+        return value
+    return "" if value is None else str(value)
 
 
 def _outcome(context: AssetExecutionContext, model: str) -> dict[str, Any]:

@@ -94,7 +94,27 @@ def not_recognised(root: Path) -> DatasetError:
         return DatasetError(f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}{more}; "
                             f"accepted: {', '.join(accepted)}; {where}")
     shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    tables = [f for f in files if Path(f).suffix.lower() in (".csv", ".jsonl")]
+    if tables and len(tables) == len(files):
+        return DatasetError(f"{root}: cannot tell which kind of dataset this is: {_columns_found(root, tables)}; "
+                            f"{TABLE_KINDS_NEED}; {where}")
     return DatasetError(f"{root}: cannot tell which kind of dataset this is from its files ({shown}); {where}")
+
+
+# What each kind of table-shaped dataset needs, said when a CSV / JSONL folder fits none of them.
+TABLE_KINDS_NEED = ("a text dataset needs columns `text` and `label`; transitions need `state_*`, `action_*`, "
+                    "`next_state_*` and `reward`; causal data is one CSV of numeric columns; memory records "
+                    "are JSONL objects with `source_memory_id` and `base_gist`")
+
+
+def _columns_found(root: Path, tables: list[str]) -> str:
+    from unified_pipeline.datasets.text import header_fields
+
+    parts = []
+    for rel in tables[:3]:
+        found = header_fields(root / rel)
+        parts.append(f"{rel} has columns {', '.join(found) if found else '(none readable)'}")
+    return "; ".join(parts) + (f" (and {len(tables) - 3} more files)" if len(tables) > 3 else "")
 
 
 def check_folder(root: Path, sub: Path) -> None:

@@ -231,8 +231,11 @@ def read_utf8(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 (invalid byte 0x{data[exc.start]:02x} at byte offset {exc.start})",
-                           hint="re-save the file as UTF-8") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        row = f" (CSV data row {line - 1})" if Path(path).suffix.lower() == ".csv" and line > 1 else ""
+        raise DatasetError(f"{path}: line {line}{row}: not UTF-8 (invalid byte 0x{data[exc.start]:02x} at column "
+                           f"{column})", hint="re-save the file as UTF-8") from exc
 
 
 def read_csv_frame(path: Path) -> pd.DataFrame:

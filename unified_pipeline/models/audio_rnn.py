@@ -218,8 +218,8 @@ def load_clips(paths: Sequence[str | Path], extra: dict[str, Any]) -> tuple[torc
 
 
 @torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[str | Path]) -> list[tuple[str, float]]:
+def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
     """wav/flac/ogg paths -> (label, probability) per clip."""
     model = BaseModel.load(model_dir)
     x, lengths = load_clips(list(inputs), model.extra)
-    return probabilities_to_labels(model(x, lengths), model.extra["classes"])
+    return probabilities_to_labels(model(x, lengths), model.extra["classes"], top)

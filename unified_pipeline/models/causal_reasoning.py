@@ -265,7 +265,7 @@ def fit(job: FitJob) -> FitResult:
     if not job.datasets:
         raise ConfigError("causal_reasoning_engine needs at least one causal dataset")
     torch.manual_seed(job.seed)
-    start = time.time()
+    start = time.monotonic()
     graphs, fitted, metrics, history, notes = {}, {}, {}, [], {}
     for name, bundle in sorted(job.datasets.items()):
         x, x_test, cols, truth = _check_bundle(name, bundle, list(hp["fit_splits"]))
@@ -282,10 +282,10 @@ def fit(job: FitJob) -> FitResult:
         settings = LagrangianSettings(max_outer=int(hp["max_outer"]), h_tol=float(hp["h_tol"]),
                                       rho_max=float(hp["rho_max"]),
                                       inner_maxiter=int(hp[f"inner_maxiter_{method}"]))
-        t0 = time.time()
+        t0 = time.monotonic()
 
         def log(outer, rho, h, _name=name, _t0=t0):
-            rec = {"epoch": outer, "dataset": _name, "h": float(h), "rho": float(rho), "elapsed_s": time.time() - _t0}
+            rec = {"epoch": outer, "dataset": _name, "h": float(h), "rho": float(rho), "elapsed_s": time.monotonic() - _t0}
             history.append(rec)
             if job.on_epoch:
                 job.on_epoch(rec)
@@ -326,7 +326,7 @@ def fit(job: FitJob) -> FitResult:
         m = {"fit_mse": float((resid ** 2).mean()), "baseline_mse": float((z ** 2).mean()),
              "cycle_edges_dropped": float(dropped), "h_final": info["h"],
              "outer_iterations": float(info["outer_iterations"]), "evaluations": float(info["evaluations"]),
-             "wall_s": time.time() - t0,
+             "wall_s": time.monotonic() - t0,
              "edges": float(adj.sum())}
         m["standardized"] = float(standardize)
         notes[f"{name}/scaling"] = why_scaled
@@ -377,7 +377,7 @@ def fit(job: FitJob) -> FitResult:
     if rule:
         all_metrics["check"] = rule
         job.log.info("causal: %s", rule["why"])
-    wall = time.time() - start
+    wall = time.monotonic() - start
     atomic.write_json(job.out_dir / "metrics.json", all_metrics)
     atomic.write_json(job.out_dir / "history.json", history)
     rows = sum(int(g["n_residuals"]) for g in graphs.values())

@@ -292,7 +292,7 @@ def fit(job: FitJob) -> FitResult:
     for name, bundle in job.datasets.items():
         _check_bundle(name, bundle)
     torch.manual_seed(job.seed)
-    start = time.time()
+    start = time.monotonic()
     worlds = {name: {"state_dim": int(b.tensors["train/state"].shape[1]), "action_dim": int(b.tensors["train/action"].shape[1])}
               for name, b in sorted(job.datasets.items())}
     model = EnvironmentSimulator(EnvSimConfig(worlds=worlds, members=int(hp["members"]), hidden=int(hp["hidden"]),
@@ -353,7 +353,7 @@ def fit(job: FitJob) -> FitResult:
     result_metrics = {"test": metrics, "baseline": baseline}
     atomic.write_json(job.out_dir / "metrics.json", result_metrics)
     atomic.write_json(job.out_dir / "history.json", history)
-    wall = time.time() - start
+    wall = time.monotonic() - start
     return FitResult(metrics=result_metrics, history=history, param_count=model.num_parameters(),
                      epochs_run=epochs_run, samples_per_s=sum(throughput) / max(len(throughput), 1),
                      wall_time_s=wall, device=str(job.device), plots=plots,

@@ -305,7 +305,7 @@ def parse_input(item: Any, sides: Sequence[str]) -> tuple:
 
 
 @torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[Any]) -> list[tuple[str, float]]:
+def predict(model_dir: Path, inputs: Sequence[Any], top: int = 1) -> list:
     """(image path, audio path, text) per input -> ("match" | "no_match", probability)."""
     from unified_pipeline.models.audio_rnn import load_clips
     from unified_pipeline.models.text_transformer import encode_texts
@@ -316,4 +316,4 @@ def predict(model_dir: Path, inputs: Sequence[Any]) -> list[tuple[str, float]]:
     images = load_images([r[0] for r in rows], model.extra["vision"])
     mel, lengths = load_clips([r[1] for r in rows], model.extra["audio"])
     tokens = encode_texts([r[2] for r in rows], model.extra["text"]) if model.text is not None else None
-    return probabilities_to_labels(model(images, mel, lengths, tokens), model.extra["classes"])
+    return probabilities_to_labels(model(images, mel, lengths, tokens), model.extra["classes"], top)

@@ -213,7 +213,7 @@ def encode_texts(texts: Sequence[str], extra: dict[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[str]) -> list[tuple[str, float]]:
+def predict(model_dir: Path, inputs: Sequence[str], top: int = 1) -> list:
     """Strings -> (label, probability) per string."""
     model = BaseModel.load(model_dir)
-    return probabilities_to_labels(model(encode_texts(list(inputs), model.extra)), model.extra["classes"])
+    return probabilities_to_labels(model(encode_texts(list(inputs), model.extra)), model.extra["classes"], top)

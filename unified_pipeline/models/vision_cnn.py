@@ -166,15 +166,19 @@ def load_images(paths: Sequence[str | Path], extra: dict[str, Any]) -> torch.Ten
     return torch.stack(out)
 
 
-def probabilities_to_labels(logits: torch.Tensor, classes: list[str]) -> list[tuple[str, float]]:
+def probabilities_to_labels(logits: torch.Tensor, classes: list[str], top: int = 1) -> list:
+    """(label, probability) per input; with top > 1, the `top` most likely, best first."""
     probs = torch.softmax(logits.float(), dim=-1)
-    p, i = probs.max(dim=-1)
-    return [(classes[int(k)], float(v)) for k, v in zip(i, p)]
+    if top <= 1:
+        p, i = probs.max(dim=-1)
+        return [(classes[int(k)], float(v)) for k, v in zip(i, p)]
+    p, i = probs.topk(min(int(top), probs.shape[-1]), dim=-1)
+    return [[(classes[int(k)], float(v)) for k, v in zip(row_i, row_p)] for row_i, row_p in zip(i, p)]
 
 
 @torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[str | Path]) -> list[tuple[str, float]]:
+def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
     """Image file paths -> (label, probability) per image."""
     model = BaseModel.load(model_dir)
     x = load_images(list(inputs), model.extra)
-    return probabilities_to_labels(model(x), model.extra["classes"])
+    return probabilities_to_labels(model(x), model.extra["classes"], top)

@@ -12,7 +12,7 @@ from typing import Any
 
 from unified_pipeline.errors import ConfigError, IntegrityError
 from unified_pipeline.registry.store import ModelRegistry
-from unified_pipeline.registry.versions import Version
+from unified_pipeline.registry.versions import Version, model_and_ref, version_pair
 
 
 def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,8 +31,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("ref", nargs="?", help="vN, production or latest")
     s = cmd("compare", "metric deltas and lineage differences of two versions")
-    s.add_argument("a", help="model/vN (or model/production)")
-    s.add_argument("b", help="model/vN, or vN / alias of the same model")
+    s.add_argument("versions", nargs="+", metavar="VERSION",
+                   help="model/vN model/vM, model/vN vM, or model vN vM (aliases work as vN)")
     s = cmd("promote", "make a version production (refused when its evidence falls short, unless --force)")
     s.add_argument("model")
     s.add_argument("ref", help="vN")
@@ -125,9 +125,20 @@ def _cmd_tag(reg: ModelRegistry, args: argparse.Namespace) -> int:
     return 0
 
 
+def _normalise(args: argparse.Namespace) -> None:
+    """`model/vN` and `model vN` mean the same in every sub-command."""
+    if getattr(args, "model", None) is None:
+        return
+    slot = "to" if args.models_command == "rollback" else "ref"
+    args.model, ref = model_and_ref(args.model, getattr(args, slot, None))
+    if hasattr(args, slot) or ref is not None:
+        setattr(args, slot, ref)
+
+
 def run_models_command(args: argparse.Namespace) -> int:
     reg = ModelRegistry(getattr(args, "root", None))
     command = args.models_command
+    _normalise(args)
     if command == "list":
         return _cmd_list(reg, args)
     if command == "verify":
@@ -147,7 +158,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         stale = [s for s in stale_models(reg) if s["version"] == v.name]
         _emit(args, {**v.to_dict(), "stale": stale}, "\n".join([reg.card(args.model, v.number), *describe(stale)]))
     elif command == "compare":
-        c = reg.compare(args.a, args.b)
+        c = reg.compare(*version_pair(args.versions))
         _emit(args, c.to_dict(), c.text())
     elif command == "promote":
         v = reg.promote(args.model, args.ref, reason=args.reason, force=args.force)

@@ -70,6 +70,34 @@ def split_name(name: str) -> tuple[str, str | None]:
     return model, (ref or None)
 
 
+def model_and_ref(model: str, ref: str | int | None = None) -> tuple[str, str | int | None]:
+    """One spelling of a version for every command: `model/vN`, `model vN`, `model/production`,
+    `model production`; a ref given both ways must agree."""
+    name, inline = split_name(str(model).strip())
+    if inline is not None and ref is not None and parse_ref(inline) != parse_ref(ref):
+        raise RegistryError(f"{model!r} and {ref!r} name two versions; give one of them")
+    return name, inline if inline is not None else ref
+
+
+def version_pair(tokens: list[str]) -> tuple[str, str]:
+    """`a b` for compare: `m/v1 m/v2`, `m/v1 v2` (same model), `m v1 v2`, `m v1 m2/v3`."""
+    tokens = [t.strip() for t in tokens]
+    if tokens and "/" not in tokens[0] and len(tokens) >= 2:
+        first, rest = f"{tokens[0]}/{tokens[1]}", tokens[2:]
+    else:
+        first, rest = (tokens[0] if tokens else ""), tokens[1:]
+    if len(rest) == 2 and "/" not in rest[0]:
+        rest = [f"{rest[0]}/{rest[1]}"]
+    if not first or len(rest) != 1:
+        raise RegistryError(f"compare needs two versions, e.g. `vision_service/v1 vision_service/v2`, "
+                            f"`vision_service/v1 v2` or `vision_service v1 v2`; got {' '.join(tokens)!r}")
+    model = split_name(first)[0]
+    second = rest[0] if "/" in rest[0] else f"{model}/{rest[0]}"
+    for name in (first, second):
+        parse_ref(split_name(name)[1])  # a bad reference fails here with the accepted forms
+    return first, second
+
+
 def check_lineage(lineage: Any) -> dict[str, Any]:
     if not isinstance(lineage, dict):
         raise ConfigError(f"lineage must be a dict, got {type(lineage).__name__}")

@@ -1,6 +1,7 @@
 """Training plots as PNG files (matplotlib, Agg backend, written atomically)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,3 +76,80 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
     ax.set_ylabel("true")
     ax.set_title(title)
     return _save(fig, Path(path))
+
+
+# Keys of a history record that are the x axis or bookkeeping rather than a curve worth drawing.
+X_KEYS = ("epoch", "trial", "step")
+GROUP_KEYS = ("dataset", "model")  # one line per environment / dataset / advised model, never joined
+_NOT_CURVES = {"time_s", "elapsed_s", "samples_per_s", "lr", "epochs"}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _groups(history: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in history:
+        if isinstance(rec, dict):
+            group = next((str(rec[k]) for k in GROUP_KEYS if isinstance(rec.get(k), str)), "")
+            out.setdefault(group, []).append(rec)
+    return out
+
+
+def _x(records: list[dict[str, Any]]) -> tuple[str, list[float]]:
+    for key in X_KEYS:
+        if all(_number(r.get(key)) for r in records):
+            return key, [r[key] for r in records]
+    return "record", list(range(1, len(records) + 1))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "curve"
+
+
+def _lines_plot(groups: dict[str, list[dict[str, Any]]], keys: Sequence[tuple[str, str]], path: Path,
+                title: str, ylabel: str) -> Path | None:
+    """One line per (group, key) with at least one finite number; None when there is nothing to draw."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    drawn, xlabel = 0, "epoch"
+    for group, records in groups.items():
+        for key, label in keys:
+            rows = [r for r in records if _number(r.get(key))]
+            if not rows:
+                continue
+            xlabel, xs = _x(rows)
+            ax.plot(xs, [r[key] for r in rows], marker="o", ms=3,
+                    label=" ".join(p for p in (group, label) if p) or key)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, Path(path))
+
+
+def history_plots(history: Sequence[Any], folder: Path, name: str) -> list[Path]:
+    """Every curve a history holds, whatever the model wrote: losses, each validation metric, and
+    for histories without losses (NOTEARS iterations, controller trials) every numeric series.
+    Records of different datasets, environments or advised models are separate lines."""
+    groups = _groups(history)
+    if not groups:
+        return []
+    keys = {k for recs in groups.values() for r in recs for k, v in r.items() if _number(v)}
+    written = []
+    losses = [(k, label) for k, label in (("train_loss", "train"), ("val_loss", "validation")) if k in keys]
+    if losses:
+        written.append(_lines_plot(groups, losses, folder / "loss.png", f"{name} loss", "loss"))
+    metrics = sorted(k for k in keys if k.startswith("val_") and k != "val_loss")
+    for key in metrics:
+        written.append(_lines_plot(groups, [(key, "")], folder / f"{key}.png", f"{name} validation {key[4:]}", key[4:]))
+    if not losses and not metrics:
+        for key in sorted(keys - set(X_KEYS) - _NOT_CURVES):
+            written.append(_lines_plot(groups, [(key, "")], folder / f"{_slug(key)}.png", f"{name} {key}", key))
+    return [p for p in written if p is not None]
