@@ -111,7 +111,7 @@ def trained(project):
             now = [m for m, st in states.items() if st.get("status") == "running" and st.get("epoch", 0) >= 1]
             return sorted(now, key=lambda m: states[m]["started_at"]) if len(now) >= 2 else None
 
-        first, second = _wait("two model steps training at once", running, job, log)[:2]
+        first, second = _wait("two model steps training at once", running, job, log, timeout=600)[:2]
         seen["together"] = {m: _progress(home, m) for m in (first, second)}
         sh(env, tmp, "unified-pipeline", "pause", first)
         control = home / "control" / f"{first}.json"
