@@ -101,7 +101,7 @@ def test_failed_model_step_writes_its_report_and_train_resume_continues_from_its
 
     from unified_pipeline.definitions import build_definitions
 
-    job = build_definitions().get_job_def("vision_focus")  # a named job, as `-j vision_focus` runs it
+    job = build_definitions().resolve_job_def("vision_focus")  # a named job, as `-j vision_focus` runs it
     with DagsterInstance.ephemeral() as instance:
         with monkeypatch.context() as m:
             m.setattr(checkpoints, "save_checkpoint", disk_full_at_epoch_3)
