@@ -59,10 +59,11 @@ def test_environment_simulator_beats_copy_and_simulates(tmp_path):
     test = result.metrics["test"]
     assert test["spring/one_step_mse"] < 0.2 * test["spring/copy_mse"]
     assert test["mse_ratio_vs_copy"] == test["spring/mse_ratio_vs_copy"]
-    assert 0.0 <= test["spring/calibration_90"] <= 1.0
+    # 90% intervals cover at least 80% of the held-out next states (a collapsed interval covers ~0).
+    assert test["spring/calibration_90"] >= 0.8
     assert test["spring/rollout_windows_h10"] > 0 and "spring/rollout_mse_h10" in test
     assert test["rollout_mse_h10"] == test["spring/rollout_mse_h10"] < result.metrics["baseline"]["rollout_mse_h10"]
-    assert 0.0 <= test["reward_calibration_90"] <= 1.0
+    assert 0.8 <= test["reward_calibration_90"] <= 0.99  # neither collapsed nor covering everything
     assert (tmp_path / "out" / "metrics.json").exists() and result.plots
 
     model = BaseModel.load(tmp_path / "out")

@@ -63,8 +63,11 @@ def test_controller_study_is_warm_started_and_reports_preset_vs_strategy(tmp_pat
     assert trials[1]["lr_multiplier"] == 4.0 and trials[1]["batch_size"] == 64
     assert sum(t["epochs"] for t in trials) == m["study"]["epochs_spent"] >= 8
     assert strategy["check_seeds"] == [1, 2]  # seeds the study (seed 0) never used
+    # Both sides trained for real: chance is 1/3 (what a network that never steps scores on every seed).
+    assert max(m["val_per_seed"]["preset"] + m["val_per_seed"]["controller"]) >= 0.5
+    assert m["val"]["preset"] > 0.4 and m["val"]["controller"] > 0.4
     for side in ("preset", "controller"):
-        assert 0.0 <= m["val"][side] <= 1.0 and 1 <= m["epochs_run"][side] <= 2
+        assert 1 <= m["epochs_run"][side] <= 2
         per_seed = m["val_per_seed"][side]
         assert len(per_seed) == 2 and abs(m["val"][side] - sum(per_seed) / 2) < 1e-12
     assert result.metrics["val"]["vision_service.controller"] == m["val"]["controller"]

@@ -23,7 +23,6 @@ from unified_pipeline.quality import runner
 FUZZ = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CFG = PreprocessConfig(sample_rate=8000, max_audio_seconds=0.2, n_mels=8, max_text_len=16)
-_validated: set[str] = set()  # GX runs once per kind: its overhead is per expectation, not per row
 
 
 def _check(kind: str, ds: Path) -> None:
@@ -39,11 +38,6 @@ def _check(kind: str, ds: Path) -> None:
     bad = manifest[~manifest["decodable"].astype(bool)]
     for _, row in bad.iterrows():  # each broken sample is named, with the reason
         assert row["path"] in files and isinstance(row["error"], str) and row["error"], row.to_dict()
-    if len(bad) and kind not in _validated:
-        _validated.add(kind)
-        report = runner.validate(kind, manifest, {})
-        assert not report.success
-        assert str(bad["path"].iloc[0]) in report.summary()
     if len(bad) == 0:
         try:
             bundle = k.build_tensors(ds, manifest, CFG)
@@ -297,8 +291,39 @@ def test_fuzzed_presets(changes):
                     assert "setting" in str(exc)
 
 
-def test_gx_suites_ran_on_broken_manifests():
-    """The fuzzers above produced broken samples of each kind and the suites named them (runs last in file order)."""
-    if not _validated:
-        pytest.skip("run together with the fuzz tests")
-    assert _validated >= {"vision", "audio", "text", "memory"}
+def _one_broken_sample(kind: str, ds: Path) -> str:
+    """A small dataset of `kind` with one sample that cannot be decoded; returns where it is."""
+    if kind == "vision":
+        for label, value in (("a", 30), ("b", 200)):
+            (ds / label).mkdir()
+            (ds / label / "ok.png").write_bytes(_png(value))
+        (ds / "a" / "broken.png").write_bytes(_png(90)[:30])
+        return "a/broken.png"
+    if kind == "audio":
+        for label, freq in (("low", 300.0), ("high", 1500.0)):
+            (ds / label).mkdir()
+            (ds / label / "ok.wav").write_bytes(_wav(freq))
+        (ds / "low" / "broken.wav").write_bytes(b"RIFF" + bytes(40))
+        return "low/broken.wav"
+    if kind == "text":
+        lines = [json.dumps({"text": f"w{i}", "label": "ab"[i % 2]}) for i in range(6)] + ["{broken"]
+        (ds / "data.jsonl").write_text("\n".join(lines) + "\n")
+        return "line 7"
+    records = [_record(i) for i in range(6)]
+    del records[3]["base_gist"]
+    (ds / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return "line 4"
+
+
+@pytest.mark.parametrize("kind", ["vision", "audio", "text", "memory"])
+def test_gx_suite_fails_on_a_broken_sample_and_names_it(kind, tmp_path):
+    """The blocking Great Expectations suite fails on a manifest with an undecodable sample."""
+    ds = _dataset(str(tmp_path))
+    where = _one_broken_sample(kind, ds)
+    _check(kind, ds)
+    _version, files = dataset_version(ds)
+    manifest = get_kind(kind).build_manifest(ds, files)
+    bad = manifest[~manifest["decodable"].astype(bool)]
+    assert len(bad) == 1 and where in f"{bad['path'].iloc[0]} {bad['error'].iloc[0]}"
+    report = runner.validate(kind, manifest, {})
+    assert not report.success and str(bad["path"].iloc[0]) in report.summary()

@@ -229,7 +229,8 @@ def test_text_fit_beats_chance_and_reports_baseline(work, texts):
     hp = {**FAST, "epochs": 8, "d_model": 32, "n_heads": 2, "n_layers": 1, "ngram_buckets": 512}
     result = text_transformer.fit(_job(work, "text_service", {"keys": texts}, hp))
     assert result.metrics["test"]["accuracy"] >= 0.8  # chance is 1/2
-    assert 0.0 <= result.metrics["baseline"]["accuracy"] <= 1.0
+    # The n-gram baseline is a real model too: it separates the two alphabets.
+    assert result.metrics["baseline"]["accuracy"] >= 0.9
     assert result.notes["baseline_name"].startswith("char 1-4-gram")
     preds = text_transformer.predict(work / "out" / "text_service", ["asdfsa", "hjkköl", "zzz"])
     _check_predictions(preds, 3, ["left", "right"])
@@ -268,7 +269,8 @@ def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, numbers, vis
                             "accuracy_only_audio_differs", "accuracy_only_text_differs"}
     assert json.loads((job.out_dir / "metrics.json").read_text())["test"]["accuracy_only_text_differs"] == \
         by_side["accuracy_only_text_differs"]
-    assert 0.0 <= result.metrics["baseline"]["accuracy"] <= 1.0
+    # The from-scratch twin trains too (an untrained one scores 1/2), and reuse does at least as well.
+    assert 0.75 <= result.metrics["baseline"]["accuracy"] <= result.metrics["test"]["accuracy"]
     assert result.notes["baseline_name"] == "same architecture from scratch"
     assert set(result.notes["upstream"]) == {"vision", "audio", "text"}
     model = BaseModel.load(job.out_dir)
@@ -279,6 +281,7 @@ def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, numbers, vis
               json.dumps({"image": str(files_v["2"][0]), "audio": str(files_a["zero"][0]), "text": "dos"})]
     preds = multimodal_fusion.predict(job.out_dir, inputs)
     _check_predictions(preds, 2, ["match", "no_match"])
+    assert [p[0] for p in preds] == ["match", "no_match"]  # one, one, "Jeden" / two, zero, "dos"
     with pytest.raises(DatasetError, match="must give image, audio, text"):
         multimodal_fusion.predict(job.out_dir, [(files_v["1"][0], files_a["one"][0])])
     # A vision+audio model (no text config) still builds: versions saved before the text side load.

@@ -332,7 +332,8 @@ def test_cli_commands_json_and_text(reg, tmp_path, capsys):
 
 
 def test_main_cli_prints_one_line_errors(reg, tmp_path, capsys, monkeypatch):
-    main = pytest.importorskip("unified_pipeline.cli").main
+    from unified_pipeline.cli import main
+
     monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
     assert main(["models", "show", M]) == 2
     err = capsys.readouterr().err.strip()

@@ -102,3 +102,41 @@ def memory(root: Path, n: int = 60, seed: int = 0) -> Path:
 
 
 ALL = {"vision": vision, "audio": audio, "text": text, "transitions": transitions, "causal": causal, "memory": memory}
+
+
+# ---------------------------------------------------------------- one number in three modalities
+# The multimodal model matches classes by meaning: vision "1", audio "one", text "1" ("uno").
+
+NUMBER_NAMES = ("zero", "one", "two")
+
+
+def spoken_numbers(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """Audio classes zero/one/two: a tone each, far apart in pitch."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    ds = root / "tiny_spoken"
+    sr = 8000
+    t = np.arange(int(0.3 * sr)) / sr
+    for k, label in enumerate(NUMBER_NAMES):
+        (ds / label).mkdir(parents=True)
+        for i in range(per_class):
+            freq = 300.0 * 3 ** k * (1 + 0.01 * i)
+            wave = 0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(ds / label / f"{i}.wav", wave.astype(np.float32), sr, subtype="PCM_16")
+    return ds
+
+
+def number_words(root: Path) -> Path:
+    """Number words 0-2 in every sample language, labelled with the digit."""
+    import csv
+
+    from unified_pipeline.datasets.samples.number_words import number_word_rows
+
+    ds = root / "tiny_words"
+    ds.mkdir(parents=True)
+    with open(ds / "data.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["text", "label"])
+        w.writerows(r for r in number_word_rows() if r[1] in ("0", "1", "2"))
+    return ds
