@@ -102,3 +102,13 @@ def test_stop_kills_the_whole_group_and_spares_a_reused_pid(tmp_path):
 
 def test_down_without_a_cluster_does_nothing(home):
     assert cluster.down(log=lambda _m: None) == []
+
+
+def test_make_cluster_targets_call_the_cluster_command():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    planned = subprocess.run(["make", "-n", "cluster-up", "cluster-down"], cwd=root, capture_output=True, text=True,
+                             timeout=120).stdout
+    assert "-m unified_pipeline.cluster up" in planned and "-m unified_pipeline.cluster down" in planned

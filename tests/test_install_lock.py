@@ -144,3 +144,27 @@ def test_job_execute_stops_in_one_line_on_a_mismatched_trio(fake_torchaudio_2_11
     _assert_one_line(subprocess.run(
         [str(dagster), "job", "execute", "-m", "unified_pipeline.definitions", "-j", "collaborative_training"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300))
+
+
+def _make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "UV_OFFLINE": "1"}
+    return subprocess.run(["make", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_make_check_lock_finds_the_venv_equal_to_the_lock():
+    result = _make("check-lock")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Would make no changes" in result.stdout + result.stderr
+
+
+def test_make_lock_targets_keep_or_move_pins_on_purpose(tmp_path):
+    planned = _make("-n", "lock", "lock-upgrade").stdout
+    assert ".tools/bin/uv lock\n" in planned and ".tools/bin/uv lock --upgrade" in planned
+    for name in ("Makefile", "pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "tools", tmp_path / "tools")
+    (tmp_path / ".tools").symlink_to(ROOT / ".tools")
+    before = (tmp_path / "uv.lock").read_text()
+    result = _make("lock", cwd=tmp_path)  # nothing edited: every pin stays
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "uv.lock").read_text() == before

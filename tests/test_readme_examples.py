@@ -38,6 +38,11 @@ ELSEWHERE = {
     "unified-pipeline predict alpha_deep_model": ["test_concept_predict.py::test_alpha_predict_finds_record_and_feedback"],
     "unified-pipeline train --resume": ["test_cli_first_use.py::test_resume_finds_a_killed_run_in_dagsters_run_storage"],
     "unified-pipeline monitor": ["test_cli.py::test_status_and_monitor_show_progress"],
+    "make install": ["test_install_lock.py::test_make_check_lock_finds_the_venv_equal_to_the_lock"],
+    "make check-lock": ["test_install_lock.py::test_make_check_lock_finds_the_venv_equal_to_the_lock"],
+    "make lock": ["test_install_lock.py::test_make_lock_targets_keep_or_move_pins_on_purpose"],
+    "make cluster-up": ["test_celery_mode.py::test_make_cluster_targets_call_the_cluster_command"],
+    "make cluster-down": ["test_celery_mode.py::test_make_cluster_targets_call_the_cluster_command"],
 }
 # Examples this file runs itself (test_cli_examples_run_on_tiny_data), as README writes them.
 RUN_HERE = {

@@ -64,11 +64,11 @@ def check_run_config(job_name: str, path: str | Path) -> dict[str, Any]:
     from dagster import validate_run_config
     from dagster._core.errors import DagsterInvalidConfigError
 
-    from unified_pipeline.definitions import defs
+    from unified_pipeline.definitions import build_definitions
 
     path = Path(path)
     data, node = load_yaml(path)
-    job = defs.resolve_job_def(job_name)
+    job = build_definitions().resolve_job_def(job_name)  # the data and preset as they are now
     try:
         validate_run_config(job, data)
     except DagsterInvalidConfigError as exc:

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unified_pipeline import atomic
 from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.errors import ConfigError
-from unified_pipeline.models.registry import MODELS
+from unified_pipeline.models.registry import BUILT_IN, MODELS
 
 # Tensor fields a classifier's forward() takes, by dataset kind.
 INPUT_FIELDS = {"vision": ("x",), "audio": ("x", "lengths"), "text": ("x",)}
@@ -41,8 +41,9 @@ HOST_FIELDS = {"lengths"}
 
 
 def offered_models() -> list[str]:
-    """Classifiers of one vision/audio/text dataset that need no other model."""
-    return sorted(m for m, e in MODELS.items()
+    """Built-in classifiers of one vision/audio/text dataset that need no other model (an instance
+    from a preset is one of these architectures: train it under the architecture's name)."""
+    return sorted(m for m, e in BUILT_IN.items()
                   if len(e.dataset_kinds) == 1 and e.dataset_kinds[0] in INPUT_FIELDS and not e.upstream_models)
 
 def weights_digest(model: torch.nn.Module) -> str:
