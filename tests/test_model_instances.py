@@ -66,6 +66,13 @@ def test_bad_instances_are_refused_by_name(tmp_path, monkeypatch, instances, mes
         load_preset(write_preset(tmp_path, monkeypatch, instances))
 
 
+# The README's example: multimodal_service reads words with a text model trained on number words.
+WORD_SIDE = {
+    "number_words_text": {"architecture": "text_service", "datasets": ["number_words"]},
+    "multimodal_service": {"architecture": "multimodal_service", "upstream": {"text_service": "number_words_text"}},
+}
+
+
 def _raw(tmp_path, monkeypatch, *makers) -> Path:
     raw = tmp_path / "raw"
     for make in makers:
@@ -78,7 +85,7 @@ def test_multimodal_word_side_falls_back_when_its_text_instance_has_no_data(home
     from unified_pipeline.definitions import build_definitions
 
     raw = _raw(tmp_path, monkeypatch, tiny_data.vision, tiny_data.audio, tiny_data.text)
-    monkeypatch.delenv("UNIFIED_PRESET", raising=False)  # the shipped preset swaps in number_words_text
+    write_preset(tmp_path, monkeypatch, WORD_SIDE)
 
     def text_parent():
         graph = build_definitions().resolve_asset_graph()
@@ -122,13 +129,19 @@ def test_an_instance_trains_checks_registers_and_predicts_by_its_own_name(home, 
     assert out.startswith(str(image)) and out.split("\t")[1].split(" ")[0] in {"0", "1", "2"}
 
 
-def test_readme_instance_example_loads(tmp_path, monkeypatch):
+def test_readme_instance_examples_load(tmp_path, monkeypatch):
+    import re
+
     from unified_pipeline.presets import load_preset
 
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Several models of one kind"):]
-    block = section[section.index("```json") + len("```json"):section.index("```", section.index("```json") + 7)]
-    instances = json.loads("{" + block.strip() + "}")["model_instances"]
-    preset = load_preset(write_preset(tmp_path, monkeypatch, instances))
+    start = readme.index("## Several models of one kind")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    blocks = [json.loads("{" + b.strip() + "}")["model_instances"] for b in re.findall(r"```json\n(.*?)```", section, re.S)]
+    assert len(blocks) == 2
+    preset = load_preset(write_preset(tmp_path, monkeypatch, blocks[0]))
     assert MODELS["vision_cats"].default_datasets == ("cats",) and MODELS["vision_xray"].base == "vision_service"
     assert preset.hparams("collaborative_training", "vision_cats")["epochs"] == 20
+    load_preset(write_preset(tmp_path, monkeypatch, blocks[1]))
+    assert MODELS["multimodal_service"].upstream_models[-1] == "number_words_text"
+    assert blocks[1] == WORD_SIDE  # the fallback test runs exactly this example
