@@ -2,9 +2,10 @@
 
 Token + learned position + hashed character n-gram embeddings, pre-norm encoder layers with a
 key padding mask, and mean pooling over non-pad tokens (beside the pooled input embeddings).
-A linear classifier over the same hashed n-grams is added to the logits (wide and deep): on a
-few thousand short texts a bag of n-grams is what works best, so the model is at least that,
-and the encoder adds word order and context. fit() also scores a TF-IDF char n-gram logistic
+With hparam `linear_ngram_scale` > 0, a linear classifier over the same hashed n-grams is
+added to the logits (wide and deep): on a few hundred short texts a bag of n-grams is what works
+best (number words: 0.86 -> 0.97). It is off by default because the encoder then learns less,
+and the multimodal model, which reuses the encoder without the head, reads words worse. fit() also scores a TF-IDF char n-gram logistic
 regression on the same split (models/baselines.py) so both are reported.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "ngram_buckets": 32768,
     "dropout": 0.1,
     "wide": True,
-    "linear_ngram_scale": 10.0,
+    "linear_ngram_scale": 0.0,  # 10 turns the linear n-gram part on (see the module docstring)
 }
 
 
