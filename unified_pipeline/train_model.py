@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import logging
 import os
@@ -204,7 +203,7 @@ def _train_or_reuse(
     _remove_dead_staging(home / "staging" / name, log)
     staging = home / "staging" / name / f"{run_id or 'local'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     staging.mkdir(parents=True, exist_ok=True)
-    module = importlib.import_module(entry.module)
+    spec = entry.spec()
     started_at = time.time()  # wall clock: compared with the time a control command was written
     start = time.monotonic()  # durations: a clock adjustment must not change a recorded training time
     from unified_pipeline.training.control import drop_stale
@@ -235,7 +234,7 @@ def _train_or_reuse(
                 warm_start=plan.spec,
             )
             try:
-                result = module.fit(job)
+                result = spec.fit(job)
             except BaseException as exc:
                 if not preemption.is_preemption(exc):
                     progress.finish("failed", error=f"{type(exc).__name__}: {exc}"[:500])

@@ -48,20 +48,9 @@ class TrainConfig(Config):
 NAMED_OVERRIDES = ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
 
 
-def run_config_overrides(config: TrainConfig, entry: ModelEntry, preset_hparams: dict[str, Any]) -> dict[str, Any]:
-    """The run config's values; a key that neither the preset, the model nor the trainer knows is refused."""
-    import dataclasses
-    import importlib
-
-    from unified_pipeline.errors import ConfigError
-    from unified_pipeline.training.trainer_config import ALIASES, TrainerConfig
-
-    known = (set(preset_hparams) | set(getattr(importlib.import_module(entry.module), "DEFAULTS", {}))
-             | {f.name for f in dataclasses.fields(TrainerConfig)} | set(ALIASES))
-    unknown = sorted(set(config.hparams) - known)
-    if unknown:
-        raise ConfigError(f"{entry.name}: run config hparams {unknown} are not settings of this model; "
-                          f"valid: {sorted(known)}")
+def run_config_overrides(config: TrainConfig, entry: ModelEntry) -> dict[str, Any]:
+    """The run config's values; a key that neither the model, the trainer nor the pipeline reads is refused."""
+    entry.spec().check_keys(config.hparams, f"{entry.name}: run config hparams")
     named = {k: getattr(config, k) for k in NAMED_OVERRIDES if getattr(config, k) is not None}
     return {**config.hparams, **named}
 
@@ -156,7 +145,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         ],
     )
     def _model(context: AssetExecutionContext, config: TrainConfig, **inputs: dict):
-        from unified_pipeline.presets import default_preset_path, load_preset
+        from unified_pipeline.presets import check_model_settings, default_preset_path, load_preset
         from unified_pipeline.registry import preset_lineage
         from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS, train_or_reuse
         from unified_pipeline.training.cost import metadata_numbers as cost_metadata
@@ -172,7 +161,8 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 scenario = DEFAULT_SCENARIO
             preset_hparams, sources = preset.hparams_with_sources(scenario, entry.name)
             try:
-                overrides = run_config_overrides(config, entry, preset_hparams)
+                check_model_settings(preset, [entry.name], preset_path)
+                overrides = run_config_overrides(config, entry)
             except ConfigError as exc:  # the message says it all; a traceback would bury it
                 raise Failure(description=str(exc), allow_retries=False) from None
             hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once

@@ -22,20 +22,10 @@ from torch import nn
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.spec import ModelSpec
 from unified_pipeline.training import trainer as trainer_mod
 from unified_pipeline.training.job import FitJob, FitResult
 
-DEFAULTS: dict[str, Any] = {
-    "members": 5,
-    "hidden": 128,
-    "layers": 3,
-    "epochs": 40,
-    "batch_size": 256,
-    "learning_rate": 2e-3,
-    "weight_decay": 1e-5,
-    "early_stopping_patience": 8,
-    "horizons": [10, 30],
-}
 FIELDS = ("state", "action", "next_state", "reward", "episode")
 STATS = ("state_mean", "state_std", "action_mean", "action_std", "delta_mean", "delta_std", "reward_mean", "reward_std")
 Z90 = 1.6448536269514722  # two-sided 90% interval of a Gaussian
@@ -47,6 +37,11 @@ class EnvSimConfig:
     members: int = 5
     hidden: int = 128
     layers: int = 3
+
+
+@dataclass
+class EnvSimSettings(EnvSimConfig):
+    horizons: list[int] = field(default_factory=lambda: [10, 30])  # open-loop rollout lengths scored on test
 
 
 class EnsembleLinear(nn.Module):
@@ -286,7 +281,7 @@ def _plot_rollouts(path, model: EnvironmentSimulator, name: str, tensors: dict, 
 
 
 def fit(job: FitJob) -> FitResult:
-    hp = {**DEFAULTS, **job.hparams}
+    hp = SPEC.resolve(job.hparams)
     if not job.datasets:
         raise ConfigError("environment_simulator needs at least one transitions dataset")
     for name, bundle in job.datasets.items():
@@ -361,9 +356,9 @@ def fit(job: FitJob) -> FitResult:
                             "baseline": "copy the last state"})
 
 
-def predict(model_dir, inputs: list[str]) -> dict[str, list[tuple[str, float]]]:
-    """`unified-pipeline predict environment_simulator '{"state": [...], "actions": [[...], ...]}'`:
-    per query, the predicted state, reward and their std after each action (simulator_queries)."""
-    from unified_pipeline.models.simulator_queries import predict as run
-
-    return run(model_dir, inputs)
+# simulator_queries.SPEC adds predict (the registry names that module).
+SPEC = ModelSpec(
+    settings=EnvSimSettings, fit=fit, derived=("worlds",),
+    trainer_defaults={"epochs": 40, "batch_size": 256, "learning_rate": 2e-3, "weight_decay": 1e-5,
+                      "early_stopping_patience": 8},
+)

@@ -20,36 +20,18 @@ from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels, split_tensors
+from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
 PAD, UNK = 0, 1
-
-DEFAULTS: dict[str, Any] = {
-    "epochs": 12,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "weight_decay": 0.05,
-    "early_stopping_patience": 8,
-    "d_model": 64,
-    "n_heads": 4,
-    "n_layers": 2,
-    "ff_mult": 2,
-    "conv_kernel": 0,
-    "ngram_orders": [2, 3, 4],
-    "ngram_buckets": 32768,
-    "dropout": 0.1,
-    "wide": True,
-    "linear_ngram_scale": 0.0,  # 10 turns the linear n-gram part on (see the module docstring)
-}
-
 
 @dataclass
 class TextTransformerConfig:
     vocab_size: int = 64
     max_len: int = 64
     num_classes: int = 2
-    d_model: int = 96
+    d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
     ff_mult: int = 2
@@ -166,11 +148,8 @@ class TextTransformer(BaseModel):
 
 def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int | None = None) -> TextTransformer:
     """`max_len` defaults to the data lane's `meta["max_len"]`."""
-    names = {f.name for f in dataclasses.fields(TextTransformerConfig)}
-    cfg = TextTransformerConfig(**{k: v for k, v in hp.items() if k in names})
-    cfg.vocab_size = len(meta["vocab"])
-    cfg.num_classes = len(meta["classes"])
-    cfg.max_len = int(max_len or meta.get("max_len") or 0)
+    cfg = config_from(TextTransformerConfig, hp, vocab_size=len(meta["vocab"]), num_classes=len(meta["classes"]),
+                      max_len=int(max_len or meta.get("max_len") or 0))
     if cfg.max_len < 1:
         raise ConfigError(f"text_service: dataset {meta.get('dataset')!r} meta has no max_len")
     return TextTransformer(cfg)
@@ -180,10 +159,10 @@ def fit(job: FitJob) -> FitResult:
     from unified_pipeline.models.baselines import TEXT_BASELINE_NAME, char_ngram_baseline
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    bundle = _bundle(job, "text")
+    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
+    bundle = one_bundle(job, "text")
     meta = bundle.meta
-    data = {s: _split(bundle, s, ("x",)) for s in ("train", "val", "test")}
+    data = {s: split_tensors(bundle, s, ("x",)) for s in ("train", "val", "test")}
     texts = bundle.sidecars.get("texts")
     baseline = None
     if texts is not None:
@@ -218,3 +197,11 @@ def predict(model_dir: Path, inputs: Sequence[str], top: int = 1) -> list:
     """Strings -> (label, probability) per string."""
     model = BaseModel.load(model_dir)
     return probabilities_to_labels(model(encode_texts(list(inputs), model.extra)), model.extra["classes"], top)
+
+
+SPEC = ModelSpec(
+    settings=TextTransformerConfig, fit=fit, predict=predict, build=build, inputs=("x",),
+    derived=("vocab_size", "max_len", "num_classes"), warm_start=True,
+    trainer_defaults={"epochs": 12, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 0.05,
+                      "early_stopping_patience": 8},
+)

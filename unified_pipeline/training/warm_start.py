@@ -22,8 +22,6 @@ from unified_pipeline.paths import unified_home
 from unified_pipeline.registry.incremental import warm_start_decision, warm_start_record
 from unified_pipeline.training.trainer_config import as_flag
 
-# Kinds whose models are plain classifiers trained by fit_classifier on one dataset.
-WARM_KINDS = frozenset({"vision", "audio", "text"})
 # Meta facts that fix what an input row or an output unit means: if any differs, old weights
 # would read the new tensors wrongly. mean/std may drift; fine-tuning absorbs that.
 ENCODING_KEYS = ("classes", "vocab", "tokenizer", "max_len", "channels", "image_size", "n_mels", "sample_rate",
@@ -103,9 +101,9 @@ def plan_warm_start(entry: Any, tensor_dirs: dict[str, Path], hparams: dict, pro
 
     if not as_flag(hparams.get("warm_start", True)):
         return scratch("disabled by hyperparameter warm_start")
-    if entry.upstream_models or not set(entry.dataset_kinds) <= WARM_KINDS or len(tensor_dirs) != 1:
-        return scratch(f"not applicable to {entry.name} (only single-dataset classifiers of kinds "
-                       f"{sorted(WARM_KINDS)} without upstream models)")
+    if entry.upstream_models or not entry.spec().warm_start or len(tensor_dirs) != 1:
+        return scratch(f"not applicable to {entry.name} (only single-dataset classifiers whose SPEC "
+                       f"allows warm_start, without upstream models)")
     if production is None:
         return scratch("no production version to start from")
     (dataset, new_dir), = tensor_dirs.items()
