@@ -22,3 +22,26 @@ def test_unknown_hyperparameter_is_refused_with_the_valid_names():
     base = preset.hparams("collaborative_training", "vision_service")
     with pytest.raises(ConfigError, match=r"\['dropuot'\].*valid: .*'learning_rate'"):
         run_config_overrides(TrainConfig(hparams={"dropuot": 0.3}), MODELS["vision_service"])
+
+
+@pytest.mark.parametrize("model, hparams", [
+    ("audio_service", {"num_layers": 2}),  # fields of the model's settings dataclass
+    ("multimodal_service", {"finetune": ["text"]}),
+    ("text_service", {"lr": 0.01, "warm_start": False}),  # a preset spelling and a pipeline switch
+])
+def test_every_setting_of_the_model_is_accepted(model, hparams):
+    assert run_config_overrides(TrainConfig(hparams=hparams), MODELS[model]) == hparams
+
+
+def test_settings_the_data_decides_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"\['num_classes'\].*valid:"):
+        run_config_overrides(TrainConfig(hparams={"num_classes": 3}), MODELS["vision_service"])
+    with pytest.raises(ConfigError, match=r"did you mean 'learning_rate' for 'learnig_rate'\?"):
+        run_config_overrides(TrainConfig(hparams={"learnig_rate": 0.1}), MODELS["vision_service"])
+
+
+def test_one_set_of_defaults_per_model():
+    """The settings dataclass's defaults are the values training uses (text_service d_model 64)."""
+    spec = MODELS["text_service"].spec()
+    assert spec.defaults()["d_model"] == 64 and "vocab_size" not in spec.defaults()
+    assert spec.resolve({"d_model": 32})["d_model"] == 32

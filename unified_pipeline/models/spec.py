@@ -80,8 +80,8 @@ def refuse_unknown(keys: Iterable[str], valid: Iterable[str], where: str) -> Non
     if not unknown:
         return
     guesses = [f"{m[0]!r} for {k!r}" for k in unknown for m in [difflib.get_close_matches(k, valid, n=1)] if m]
-    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
-    raise ConfigError(f"{where} {unknown} are not settings of this model{hint}; valid: {valid}")
+    hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+    raise ConfigError(f"{where} {unknown} are not settings of this model; valid: {valid}{hint}")
 
 
 def _is_pair(result: Any) -> bool:
