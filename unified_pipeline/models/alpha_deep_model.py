@@ -25,7 +25,6 @@ import dataclasses
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn

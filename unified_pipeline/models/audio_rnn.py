@@ -16,7 +16,6 @@ packed sequence, the host lengths and the random SpecAugment offsets all break i
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels, split_tensors
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
 from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
@@ -154,19 +153,17 @@ def build(meta: dict[str, Any], hp: dict[str, Any]) -> AudioRNN:
     return AudioRNN(config_from(AudioRNNConfig, hp, num_classes=len(meta["classes"]), n_mels=int(meta["n_mels"])))
 
 
-_EXTRA_KEYS = ("sample_rate", "n_mels", "hop_length", "n_fft", "win_length", "max_samples", "log_offset", "mean", "std")
+AUDIO_FACTS = ("sample_rate", "n_mels", "hop_length", "n_fft", "win_length", "max_samples", "log_offset", "mean", "std")
 
 
 def fit(job: FitJob) -> FitResult:
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
-    bundle = one_bundle(job, "audio")
+    job, bundle, data = classifier_job(job, SPEC, "audio", ("x", "lengths"))
     meta = bundle.meta
     torch.manual_seed(job.seed)
     model = build(meta, job.hparams)
-    data = {s: split_tensors(bundle, s, ("x", "lengths")) for s in ("train", "val", "test")}
-    extra = {k: meta[k] for k in _EXTRA_KEYS if k in meta}
+    extra = {k: meta[k] for k in AUDIO_FACTS if k in meta}
     extra["dataset"] = meta.get("dataset")
     return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra)
 
@@ -201,7 +198,7 @@ def load_clips(paths: Sequence[str | Path], extra: dict[str, Any]) -> tuple[torc
 
 @torch.no_grad()
 def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
-    """wav/flac/ogg paths -> (label, probability) per clip."""
+    """wav/flac/ogg paths -> (label, probability) per clip, for any model of (log-mel, lengths)."""
     model = BaseModel.load(model_dir)
     x, lengths = load_clips(list(inputs), model.extra)
     return probabilities_to_labels(model(x, lengths), model.extra["classes"], top)

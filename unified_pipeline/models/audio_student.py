@@ -16,10 +16,9 @@ as metrics["baseline"] ("same student without teacher").
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,10 @@ from torch import nn
 
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
-from unified_pipeline.models.audio_rnn import _EXTRA_KEYS, load_clips
+from unified_pipeline.models import audio_rnn
+from unified_pipeline.models.audio_rnn import AUDIO_FACTS
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels, split_tensors
+from unified_pipeline.models.inputs import classifier_job
 from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
@@ -151,13 +151,11 @@ def fit(job: FitJob) -> FitResult:
     )
     from unified_pipeline.training.trainer import Trainer, TrainerConfig
 
-    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
     if TEACHER not in job.upstream:
         raise ConfigError(f"audio_student: needs the trained {TEACHER} model; upstream has {sorted(job.upstream)}")
-    bundle = one_bundle(job, "audio")
+    job, bundle, data = classifier_job(job, SPEC, "audio", ("x", "lengths"))
     meta = bundle.meta
     classes = list(meta["classes"])
-    data = {s: split_tensors(bundle, s, ("x", "lengths")) for s in ("train", "val", "test")}
     (x, lengths), y = data["train"]
     views = int(job.hp("teacher_views"))
     if views:
@@ -183,7 +181,7 @@ def fit(job: FitJob) -> FitResult:
     job.log.info(f"audio_student without teacher: test accuracy {baseline['accuracy']:.4f}")
 
     loss_fn = distillation_loss(float(job.hp("temperature")), float(job.hp("distill_alpha")))
-    extra = {k: meta[k] for k in _EXTRA_KEYS if k in meta}
+    extra = {k: meta[k] for k in AUDIO_FACTS if k in meta}
     extra.update(dataset=meta.get("dataset"), classes=classes, teacher=str(job.upstream[TEACHER]))
     result = fit_with_trainer(
         job, student, (x, lengths, soft, y), split["val"], split["test"],
@@ -198,16 +196,8 @@ def fit(job: FitJob) -> FitResult:
     return result
 
 
-@torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
-    """wav/flac/ogg paths -> (label, probability) per clip."""
-    model = BaseModel.load(model_dir)
-    x, lengths = load_clips(list(inputs), model.extra)
-    return probabilities_to_labels(model(x, lengths), model.extra["classes"], top)
-
-
 SPEC = ModelSpec(
-    settings=StudentSettings, fit=fit, predict=predict, build=build, inputs=("x", "lengths"),
+    settings=StudentSettings, fit=fit, predict=audio_rnn.predict, build=build, inputs=("x", "lengths"),
     derived=("num_classes", "n_mels"),
     # A short budget: long enough for the student alone to reach ~96%, short enough that what the
     # teacher adds still shows (on the 10-word sample both converge to ~99% given 20+ epochs).

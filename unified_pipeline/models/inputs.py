@@ -1,6 +1,7 @@
 """What every model module reads from a FitJob and writes for a prediction."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -23,6 +24,13 @@ def split_tensors(bundle, split: str, fields: Sequence[str]) -> tuple[tuple[torc
     if missing:
         raise DatasetError(f"dataset {bundle.meta.get('dataset')!r}: split {split!r} lacks tensor(s) {missing}")
     return tuple(part[f] for f in fields), part["y"]
+
+
+def classifier_job(job, spec, kind: str, fields: Sequence[str]):
+    """(job with the model's defaults filled in, its one dataset of `kind`, {split: ((inputs...), y)})."""
+    job = dataclasses.replace(job, hparams=spec.resolve(job.hparams))
+    bundle = one_bundle(job, kind)
+    return job, bundle, {s: split_tensors(bundle, s, fields) for s in ("train", "val", "test")}
 
 
 def probabilities_to_labels(logits: torch.Tensor, classes: list[str], top: int = 1) -> list:

@@ -10,7 +10,6 @@ regression on the same split (models/baselines.py) so both are reported.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,7 @@ from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels, split_tensors
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
 from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
@@ -159,10 +158,8 @@ def fit(job: FitJob) -> FitResult:
     from unified_pipeline.models.baselines import TEXT_BASELINE_NAME, char_ngram_baseline
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
-    bundle = one_bundle(job, "text")
+    job, bundle, data = classifier_job(job, SPEC, "text", ("x",))
     meta = bundle.meta
-    data = {s: split_tensors(bundle, s, ("x",)) for s in ("train", "val", "test")}
     texts = bundle.sidecars.get("texts")
     baseline = None
     if texts is not None:

@@ -5,7 +5,6 @@ user images alike; the input shape and classes come from the tensor bundle's met
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +14,7 @@ from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels, split_tensors
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
 from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
@@ -100,12 +99,10 @@ def build(meta: dict[str, Any], hp: dict[str, Any]) -> VisionCNN:
 def fit(job: FitJob) -> FitResult:
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
-    bundle = one_bundle(job, "vision")
+    job, bundle, data = classifier_job(job, SPEC, "vision", ("x",))
     meta = bundle.meta
     torch.manual_seed(job.seed)
     model = build(meta, job.hparams)
-    data = {s: split_tensors(bundle, s, ("x",)) for s in ("train", "val", "test")}
     extra = {
         "dataset": meta.get("dataset"),
         "channels": int(meta.get("channels", 1)),
