@@ -46,12 +46,14 @@ BANK_TENSORS, BANK_IDS = "memory_bank.safetensors", "memory_bank.json"
 
 @dataclass
 class AlphaConfig:
+    # Sizes the data decides (SPEC.derived).
     vocab_size: int = 2
     keyword_size: int = 1
     entity_size: int = 2
     verb_size: int = 2
     modality_size: int = 1
     action_size: int = 1
+    # The code each record is stored as, and the networks around it.
     code_dim: int = 32
     embed_dim: int = 64
     hidden: int = 128
@@ -60,6 +62,7 @@ class AlphaConfig:
 
 @dataclass
 class AlphaSettings(AlphaConfig):
+    # Denoising: the share of words dropped and the noise on the modality vector; loss weights.
     drop_fraction: float = 0.3
     modality_noise: float = 0.3
     contrastive_weight: float = 1.0

@@ -32,8 +32,9 @@ from unified_pipeline.training.job import FitJob, FitResult
 
 @dataclass
 class AudioRNNConfig:
-    num_classes: int = 10
+    num_classes: int = 10  # from the data, with n_mels (SPEC.derived)
     n_mels: int = 40
+    # A strided 1-d convolution over the mel frames, then the recurrent layers.
     conv_channels: int = 64
     conv_kernel: int = 5
     conv_stride: int = 2

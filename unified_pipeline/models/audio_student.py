@@ -57,8 +57,9 @@ def masked_views(x: torch.Tensor, lengths: torch.Tensor, views: int, seed: int, 
 
 @dataclass
 class AudioStudentConfig:
-    num_classes: int = 10
+    num_classes: int = 10  # from the data, with n_mels (SPEC.derived)
     n_mels: int = 40
+    # Two convolutions: the first strided over frames, the second dilated.
     channels: int = 16
     kernel: int = 5
     stride: int = 2
@@ -67,6 +68,7 @@ class AudioStudentConfig:
 
 @dataclass
 class StudentSettings(AudioStudentConfig):
+    # Distillation: softened teacher targets, and their weight against the hard labels.
     temperature: float = 2.0
     distill_alpha: float = 0.7
     # Extra SpecAugment copies of the train split. The teacher scores each copy, so the student

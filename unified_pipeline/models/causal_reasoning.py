@@ -108,6 +108,7 @@ class CausalReasoningEngine(BaseModel):
 
     def __init__(self, config: CausalConfig):
         super().__init__(config)
+        # One structural model per dataset, rebuilt from the config alone (BaseModel.load).
         self.graphs = nn.ModuleDict({
             name: CausalSEM(g["d"], g["method"], g.get("hidden", 10), g["n_residuals"])
             for name, g in config.graphs.items()

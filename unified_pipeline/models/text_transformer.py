@@ -27,9 +27,10 @@ PAD, UNK = 0, 1
 
 @dataclass
 class TextTransformerConfig:
-    vocab_size: int = 64
+    vocab_size: int = 64  # from the data, with max_len and num_classes (SPEC.derived)
     max_len: int = 64
     num_classes: int = 2
+    # Encoder: width, heads, depth, feed-forward width as a multiple of d_model.
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
