@@ -85,7 +85,7 @@ def fit_classifier(
     def plots_fn(plot_dir: Path, trainer: Trainer) -> dict[str, Path]:
         *inputs, y = split["test"]
         trainer.model.eval()
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), trainer.autocast():
             pred = batched_logits(trainer.net, tuple(inputs)).argmax(-1)
         cm = confusion(pred, y, len(classes))
         return {"confusion matrix (test)": plots.confusion_matrix(cm.tolist(), classes, plot_dir / "confusion_matrix.png")}
