@@ -18,6 +18,8 @@ IMAGE_FACTS = ("dataset", "channels", "image_size", "mode", "mean", "std")
 
 @dataclass
 class PixelMLPConfig:
+    """num_classes and in_features come from the data; hidden is the one setting."""
+
     num_classes: int = 2
     in_features: int = 64
     hidden: int = 32
@@ -25,6 +27,8 @@ class PixelMLPConfig:
 
 @register_architecture("pixel_mlp")
 class PixelMLP(BaseModel):
+    """Two dense layers over the flattened pixels."""
+
     config_cls = PixelMLPConfig
 
     def __init__(self, config: PixelMLPConfig):
