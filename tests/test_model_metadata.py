@@ -65,14 +65,14 @@ def test_reused_materialisation_carries_the_versions_numbers_curves_and_reason(s
 
 
 def test_step_logs_resolved_values_and_refuses_a_bad_hparam_in_one_line(setup):
+    from dagster import DagsterInvalidConfigError
+
     bad = {"ops": {"vision_service": {"config": {"hparams": {"dropoot": 1}}}}}
     with DagsterInstance.ephemeral() as instance:
-        result, _ = _run(instance, bad)
-        assert not result.success
-        failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
-        error = failure.step_failure_data.error
-        assert "run config hparams ['dropoot'] are not settings of this model" in error.message
-        assert len(error.message.strip().splitlines()) == 1
+        # The model's settings are its run config schema: refused at launch, before any step runs.
+        with pytest.raises(DagsterInvalidConfigError, match='unexpected config entry "dropoot"'):
+            _run(instance, bad)
+        assert not instance.get_run_records()
         result, _ = _run(instance, {"ops": {"vision_service": {"config": {"learning_rate": 0.004}}}})
         assert result.success
         logs = [e.user_message for e in instance.all_logs(result.run_id)]

@@ -45,3 +45,12 @@ def test_one_set_of_defaults_per_model():
     spec = MODELS["text_service"].spec()
     assert spec.defaults()["d_model"] == 64 and "vocab_size" not in spec.defaults()
     assert spec.resolve({"d_model": 32})["d_model"] == 32
+
+
+def test_run_config_schema_lists_each_models_settings_without_importing_it():
+    """The Dagster schema is built from the module's source (the definitions never import torch);
+    it names exactly the settings the imported SPEC has."""
+    from unified_pipeline.models.spec import declared_setting_names
+
+    for name, entry in MODELS.items():
+        assert declared_setting_names(entry.module) == entry.spec().setting_names(), name

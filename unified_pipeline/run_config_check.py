@@ -70,6 +70,7 @@ def check_run_config(job_name: str, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data, node = load_yaml(path)
     job = build_definitions().resolve_job_def(job_name)  # the data and preset as they are now
+    check_settings(job_name, data, path, node)  # first: its message names the closest valid key
     try:
         validate_run_config(job, data)
     except DagsterInvalidConfigError as exc:
@@ -78,7 +79,6 @@ def check_run_config(job_name: str, path: str | Path) -> dict[str, Any]:
         extra = getattr(err.error_data, "field_names", None) or (
             [err.error_data.field_name] if getattr(err.error_data, "field_name", None) else [])
         raise ConfigError(f"{_where(path, node, keys + extra[:1])}: {_message(err, keys, extra)}") from None
-    check_settings(job_name, data, path, node)
     return data
 
 
@@ -87,6 +87,10 @@ def _message(err: Any, keys: list[str], unknown: list[str]) -> str:
     text = " ".join(err.message.split())
     if unknown:
         expected = text.split("Expected:", 1)[-1].replace("{ env: String }", "")
+        if "{" in expected:  # the keys of this level only, not those of nested sections
+            expected = expected[expected.index("{") + 1:expected.rindex("}")]
+        while re.search(r"\{[^{}]*\}", expected):
+            expected = re.sub(r"\{[^{}]*\}", "", expected)
         valid = sorted(set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\??:", expected)))
         return (f"unknown key {', '.join(map(repr, unknown))} under {'.'.join(keys) or 'the top level'}"
                 + (f"; valid: {', '.join(valid)}" if valid else ""))
@@ -96,21 +100,26 @@ def _message(err: Any, keys: list[str], unknown: list[str]) -> str:
 def check_settings(job_name: str, data: dict[str, Any] | None = None, path: Path | None = None,
                    node: Any = None) -> None:
     """What each model step checks when it starts (model_assets): the preset's settings of every
-    model the job trains and the run config's `hparams`, so a misspelt key fails before any step runs."""
-    from unified_pipeline.assets.model_assets import TrainConfig, run_config_overrides
+    model the job trains and the run config's `hparams`, so a misspelt key fails before any step
+    runs, naming the closest valid key (Dagster's own check names only the valid ones)."""
     from unified_pipeline.models.registry import MODELS
     from unified_pipeline.presets import check_model_settings, default_preset_path, load_preset
 
     ops = (data or {}).get("ops") or {}
+    ops = ops if isinstance(ops, dict) else {}
     for name in _job_models(job_name, [n for n in ops if n in MODELS]):
-        op = ops.get(name) if isinstance(ops.get(name), dict) else {}
-        config = TrainConfig(**(op.get("config") or {}))
-        preset_path = Path(config.preset_path) if config.preset_path else default_preset_path()
+        op = ops.get(name)
+        config = (op.get("config") if isinstance(op, dict) else None) or {}
+        config = config if isinstance(config, dict) else {}
+        hparams = config.get("hparams")
+        if isinstance(hparams, dict):
+            try:
+                MODELS[name].spec().check_keys(hparams, f"{name}: run config hparams")
+            except ConfigError as exc:
+                raise ConfigError(f"{_where(path, node, ['ops', name, 'config', 'hparams'])}: {exc}") from None
+        given = config.get("preset_path")
+        preset_path = Path(given) if isinstance(given, str) and given else default_preset_path()
         check_model_settings(load_preset(preset_path), [name], preset_path)
-        try:
-            run_config_overrides(config, MODELS[name])
-        except ConfigError as exc:
-            raise ConfigError(f"{_where(path, node, ['ops', name, 'config', 'hparams'])}: {exc}") from None
 
 
 def _job_models(job_name: str, named: list[str]) -> list[str]:

@@ -48,11 +48,37 @@ class TrainConfig(Config):
 NAMED_OVERRIDES = ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
 
 
+def config_class(entry: ModelEntry) -> type[TrainConfig]:
+    """TrainConfig whose `hparams` lists the model's keys (models/spec.py), so Dagster refuses a
+    misspelt one when the run is launched, before any step; plain TrainConfig (checked by the
+    step) when the model's source does not spell its settings out."""
+    from pydantic import create_model
+
+    from unified_pipeline.models.spec import declared_setting_names, valid_keys
+
+    names = declared_setting_names(entry.module)
+    if names is None:
+        return TrainConfig
+    hparams = create_model(f"{entry.name}_hparams", __base__=Config,
+                           **{k: (Optional[Any], None) for k in sorted(valid_keys(names))})
+    return create_model(f"{entry.name}_config", __base__=TrainConfig, hparams=(hparams, hparams()))
+
+
+def hparams_of(config: TrainConfig) -> dict[str, Any]:
+    """The `hparams` the run config set (a dict, or the typed section of `config_class`, whose
+    unset keys read None)."""
+    section = config.hparams
+    if isinstance(section, dict):
+        return dict(section)
+    return {k: getattr(section, k) for k in section.model_fields_set if getattr(section, k) is not None}
+
+
 def run_config_overrides(config: TrainConfig, entry: ModelEntry) -> dict[str, Any]:
     """The run config's values; a key that neither the model, the trainer nor the pipeline reads is refused."""
-    entry.spec().check_keys(config.hparams, f"{entry.name}: run config hparams")
+    hparams = hparams_of(config)
+    entry.spec().check_keys(hparams, f"{entry.name}: run config hparams")
     named = {k: getattr(config, k) for k in NAMED_OVERRIDES if getattr(config, k) is not None}
-    return {**config.hparams, **named}
+    return {**hparams, **named}
 
 
 # Values worth one line at the start of every model step, with where each came from.
@@ -123,6 +149,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
     watch: every dataset the model depends on, directly or through upstream models. Its raw files
     are a dependency too, so an edited file shows this model as stale in the UI, not only the
     manifest one step downstream of the files (Dagster compares direct dependencies only)."""
+    config_cls = config_class(entry)
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
@@ -144,7 +171,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
             )
         ],
     )
-    def _model(context: AssetExecutionContext, config: TrainConfig, **inputs: dict):
+    def _model(context: AssetExecutionContext, config: config_cls, **inputs: dict):
         from unified_pipeline.presets import check_model_settings, default_preset_path, load_preset
         from unified_pipeline.registry import preset_lineage
         from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS, train_or_reuse

@@ -56,11 +56,7 @@ class ModelSpec:
         return {**self.defaults(), **hparams}
 
     def valid_keys(self) -> set[str]:
-        from unified_pipeline.training.trainer_config import ALIASES, TrainerConfig
-
-        # The device and the metric come from the lease and the registry entry, never from a setting.
-        trainer = {f.name for f in dataclasses.fields(TrainerConfig)} - {"device", "metric", "higher_is_better"}
-        return {*self.setting_names(), *PIPELINE_SETTINGS, *ALIASES, *trainer}
+        return valid_keys(self.setting_names())
 
     def check_keys(self, keys: Iterable[str], where: str) -> None:
         """Refuse keys no part of this model reads, naming `where` they were set."""
@@ -92,3 +88,89 @@ def config_from(cls: type, hparams: dict[str, Any], **from_data: Any) -> Any:
     """A config dataclass from the hyperparameters that are its fields, then the values the data decides."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{**{k: v for k, v in hparams.items() if k in names}, **from_data})
+
+
+def valid_keys(setting_names: Iterable[str]) -> set[str]:
+    """A model's settings, the trainer's (less the device and metric, which the lease and the
+    registry entry decide) and the pipeline's switches."""
+    from unified_pipeline.training.trainer_config import ALIASES, TrainerConfig
+
+    trainer = {f.name for f in dataclasses.fields(TrainerConfig)} - {"device", "metric", "higher_is_better"}
+    return {*setting_names, *PIPELINE_SETTINGS, *ALIASES, *trainer}
+
+
+def declared_setting_names(module: str) -> list[str] | None:
+    """The setting names a model module's SPEC declares, read from its source (nothing is
+    imported, so the Dagster definitions stay free of torch); None when the source does not
+    spell them plainly (`SPEC = ModelSpec(settings=<class of this module>, derived=(...))`, or
+    `dataclasses.replace(<module>.SPEC, ...)` of such a module)."""
+    import ast
+    import importlib.util
+
+    found = importlib.util.find_spec(module)
+    if found is None or not found.origin or not found.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
+    top = {n.targets[0].id: n.value for n in tree.body
+           if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)}
+    call = top.get("SPEC")
+    if not isinstance(call, ast.Call):
+        return None
+    if isinstance(call.func, ast.Attribute) and call.func.attr == "replace" and call.args:
+        base = call.args[0]  # dataclasses.replace(<module>.SPEC, predict=...)
+        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+            source = _imported_module(tree, base.value.id)
+            return declared_setting_names(source) if source else None
+        return None
+    kw = {k.arg: k.value for k in call.keywords}
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    settings = kw.get("settings")
+    if not isinstance(settings, ast.Name) or settings.id not in classes:
+        return None
+    derived = _strings(kw.get("derived", ast.Tuple(elts=[])), top)
+    fields = _fields(classes[settings.id], classes)
+    return None if derived is None or fields is None else [f for f in fields if f not in derived]
+
+
+def _imported_module(tree: Any, name: str) -> str | None:
+    import ast
+
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return f"{node.module}.{alias.name}"
+    return None
+
+
+def _strings(node: Any, top: dict[str, Any]) -> list[str] | None:
+    import ast
+
+    if not isinstance(node, (ast.Tuple, ast.List)):
+        return None
+    out: list[str] = []
+    for elt in node.elts:
+        if isinstance(elt, ast.Constant) and isinstance(elt.value, str):
+            out.append(elt.value)
+        elif isinstance(elt, ast.Starred) and isinstance(elt.value, ast.Name) and elt.value.id in top:
+            more = _strings(top[elt.value.id], top)
+            if more is None:
+                return None
+            out += more
+        else:
+            return None
+    return out
+
+
+def _fields(cls: Any, classes: dict[str, Any]) -> list[str] | None:
+    import ast
+
+    out: list[str] = []
+    for base in cls.bases:
+        if not isinstance(base, ast.Name) or base.id not in classes:
+            return None
+        inherited = _fields(classes[base.id], classes)
+        if inherited is None:
+            return None
+        out += inherited
+    return out + [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
