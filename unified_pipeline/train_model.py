@@ -278,6 +278,7 @@ def _execute(plan: StepPlan, staging: Path, run_id: str) -> Trained:
             raise preemption.StepPreempted(name, record) from exc
         attempt = meter.stop(result.device)  # its monotonic clock: a clock adjustment changes no duration
         progress.finish("finished", test=result.metrics.get("test", {}))
+    result.write(staging)
     earlier = preemption.read_records(name, plan.fp)
     cost = total([r.get("cost") or {} for r in earlier] + [attempt])
     return Trained(result, job, lease.threads, cost, earlier, attempt["wall_s"])

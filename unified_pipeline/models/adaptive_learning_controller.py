@@ -18,7 +18,7 @@ little: on a validation split of a few hundred samples, seeds alone move accurac
 most strategies do. Headline metric: metrics["test"]["wins_fraction"], the
 fraction of controlled models whose validation metric the chosen strategy improved.
 
-Artefact (job.out_dir): strategy.json, metrics.json, history.json (one record per trial).
+Artefact (job.out_dir): strategy.json; the result's history has one record per trial.
 There are no weights; param_count is 0.
 
 strategy.json schema (version 1):
@@ -378,8 +378,6 @@ def fit(job: FitJob) -> FitResult:
                 "study_seed": job.seed, "check_seeds": check_seeds, "models": models}
     out = Path(job.out_dir)
     atomic.write_json(out / "strategy.json", strategy)
-    atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_json(out / "history.json", history)
     wall = time.perf_counter() - started
     return FitResult(
         metrics=metrics, history=history, param_count=0, epochs_run=sum(m["study"]["epochs_spent"] for m in models.values()),

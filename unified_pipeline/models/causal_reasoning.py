@@ -380,8 +380,6 @@ def fit(job: FitJob) -> FitResult:
         all_metrics["check"] = rule
         job.log.info("causal: %s", rule["why"])
     wall = time.monotonic() - start
-    atomic.write_json(job.out_dir / "metrics.json", all_metrics)
-    atomic.write_json(job.out_dir / "history.json", history)
     rows = sum(int(g["n_residuals"]) for g in graphs.values())
     notes["headline"] = "shd = worst structural Hamming distance over datasets with a ground-truth graph"
     return FitResult(metrics=all_metrics, history=history, param_count=model.num_parameters(),

@@ -345,8 +345,6 @@ def fit(job: FitJob) -> FitResult:
                    "action": list(job.datasets[n].meta.get("action_columns") or [])} for n in names}
     model.save(job.out_dir, extra={"datasets": names, "columns": columns})
     result_metrics = {"test": metrics, "baseline": baseline}
-    atomic.write_json(job.out_dir / "metrics.json", result_metrics)
-    atomic.write_json(job.out_dir / "history.json", history)
     wall = time.monotonic() - start
     return FitResult(metrics=result_metrics, history=history, param_count=model.num_parameters(),
                      epochs_run=epochs_run, samples_per_s=sum(throughput) / max(len(throughput), 1),

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.audio_rnn import AudioRNN, AudioRNNConfig
 from unified_pipeline.models.base import BaseModel, register_architecture
@@ -271,7 +270,6 @@ def fit(job: FitJob) -> FitResult:
     result = fit_classifier(sub, model, data, classes=CLASSES, extra=extra, baseline=baseline, baseline_name=BASELINE_NAME)
     by_side = accuracy_by_side(model, data["test"], test_changes)
     result.metrics["test"].update(by_side)
-    atomic.write_json(Path(job.out_dir) / "metrics.json", result.metrics)
     job.log.info("multimodal_service test accuracy by side: %s", {k: round(v, 3) for k, v in by_side.items()})
     result.notes["transfer"] = "encoders loaded from upstream models and frozen; fusion head trained"
     result.notes["upstream"] = {s: str(d) for s, d in dirs.items()}

@@ -11,7 +11,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from unified_pipeline import atomic
 from unified_pipeline.models.base import BaseModel
 from unified_pipeline.training import plots
 from unified_pipeline.training.job import FitJob, FitResult
@@ -131,8 +130,6 @@ def fit_with_trainer(
     metrics = {"val": trainer.evaluate(val), "test": trainer.evaluate(test), "baseline": dict(baseline or {})}
     out = Path(job.out_dir)
     model.save(out, extra=extra or {})
-    atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_json(out / "history.json", summary.history)
     plot_dir = out / "plots"
     found = standard_plots(summary, metric, plot_dir)
     if plots_fn is not None:
