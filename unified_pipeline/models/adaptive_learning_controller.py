@@ -69,6 +69,7 @@ from unified_pipeline.training.job import FitJob, FitResult
 PRESET_KEYS = ("learning_rate", "batch_size", "weight_decay", "warmup_epochs", "grad_clip", "optimizer",
                "early_stopping_patience", "precision")
 
+
 @dataclass
 class ControllerSettings:
     budget_epochs: int = 6  # epochs per training run: every trial, the preset and the chosen strategy

@@ -30,6 +30,7 @@ from unified_pipeline.models.inputs import classifier_job, probabilities_to_labe
 from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
+
 @dataclass
 class AudioRNNConfig:
     num_classes: int = 10  # from the data, with n_mels (SPEC.derived)

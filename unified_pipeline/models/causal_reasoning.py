@@ -46,6 +46,7 @@ from unified_pipeline.models.notears import (
     threshold_to_dag, topological_order)
 from unified_pipeline.training.job import FitJob, FitResult
 
+
 @dataclass
 class CausalSettings:
     method: str = "auto"  # "linear", "mlp", or "auto": from the generator's recorded SEM, else linear

@@ -44,6 +44,7 @@ SIDES = ("vision", "audio", "text")  # dataset kind = FusionConfig field = encod
 ARCHITECTURES = {"vision": "vision_cnn", "audio": "audio_rnn", "text": "text_transformer"}
 INPUT_KEYS = {"vision": "image", "audio": "audio", "text": "text"}  # JSON keys of a predict input
 
+
 @dataclass
 class FusionConfig:
     vision: dict = field(default_factory=dict)  # VisionCNNConfig fields

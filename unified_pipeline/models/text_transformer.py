@@ -25,6 +25,7 @@ from unified_pipeline.training.job import FitJob, FitResult
 
 PAD, UNK = 0, 1
 
+
 @dataclass
 class TextTransformerConfig:
     vocab_size: int = 64  # from the data, with max_len and num_classes (SPEC.derived)
