@@ -145,7 +145,7 @@ def test_an_edited_raw_file_shows_every_model_that_reads_it_as_stale(home, tmp_p
         done: set[str] = set()
         for model in ("vision_service", "text_service", "multimodal_service"):  # upstream models first
             # What a run records: the data version each dependency had when the model materialised.
-            tags = {DATA_VERSION_TAG: "m1", CODE_VERSION_TAG: "c"}
+            tags = {DATA_VERSION_TAG: "m1", CODE_VERSION_TAG: graph.get(AssetKey([model])).code_version}
             for dep in graph.get(AssetKey([model])).parent_keys:
                 tags[get_input_data_version_tag(dep)] = (f"{dep.path[0]}-1" if dep.path[-1] == "raw_files"
                                                          else "m1" if dep.path[0] in done else NULL_DATA_VERSION.value)

@@ -19,13 +19,14 @@ from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
 from unified_pipeline.assets.rollback_job import rollback_model
-from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, model_key
+from unified_pipeline.assets.model_assets import DEFAULT_SCENARIO, SCENARIO_TAG, model_asset, model_key
 from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
 from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
 from unified_pipeline.k8s import k8s_executor, use_k8s
 from unified_pipeline.models.registry import MODELS
 from unified_pipeline.presets import ALL_DATASETS, load_preset
 from unified_pipeline.training.preemption import retry_policy as preemption_retry_policy
+from unified_pipeline.version_reasons import model_code_version
 
 warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
 try:  # beta / preview warnings of observable source assets and checks
@@ -73,7 +74,8 @@ def build_definitions() -> Definitions:
     readers = _readers_by_dataset(models)
     model_assets = [
         model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m],
-                    retry_policy=retry, watch=[d for d, names in readers.items() if m in names])
+                    retry_policy=retry, watch=[d for d, names in readers.items() if m in names],
+                    code_version=model_code_version(MODELS[m], preset, DEFAULT_SCENARIO))
         for m, ds in models.items()
     ]
     if models:

@@ -127,13 +127,14 @@ def _input_name(dataset: str) -> str:
 
 
 def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = (),
-                retry_policy: Any = None, watch: Sequence[str] = ()) -> Any:
+                retry_policy: Any = None, watch: Sequence[str] = (), code_version: Optional[str] = None) -> Any:
     """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
     advised: models this one advises (it is given their resolved presets);
     retry_policy: applies to preemption only (training/preemption.py); other errors are not retried;
     watch: every dataset the model depends on, directly or through upstream models. Its raw files
     are a dependency too, so an edited file shows this model as stale in the UI, not only the
-    manifest one step downstream of the files (Dagster compares direct dependencies only)."""
+    manifest one step downstream of the files (Dagster compares direct dependencies only);
+    code_version: version_reasons.model_code_version, so Dagster names code or hyperparameter changes."""
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
@@ -143,6 +144,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         # Ordering only: the advice is read from the registry. Raw files: for staleness, see above.
         deps=[model_key(a) for a in advisors] + [raw_key(ds) for ds in sorted(set(watch) | set(datasets))],
         group_name=entry.group,
+        code_version=code_version,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags(), **celery_mode.model_step_tags()},
         retry_policy=retry_policy,
