@@ -40,6 +40,24 @@ def missing_browser_reason() -> str | None:
     return None
 
 
+def require_browser(what: str) -> None:
+    """Skip `what` on a developer machine without a browser; in CI (CI=true) fail instead, so a CI
+    run without a browser is red, never a green skip."""
+    import warnings
+
+    import pytest
+
+    reason = missing_browser_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"{what} cannot run in CI: {reason}")
+    print(f"\nSKIPPING {what}: {reason}")
+    # A warning lands in pytest's summary even under -q, so the skip is never silent.
+    warnings.warn(UserWarning(f"{what} skipped: {reason}"))
+    pytest.skip(f"{what} needs Chromium and playwright: {reason}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
