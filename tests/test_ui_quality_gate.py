@@ -3,13 +3,12 @@ failed check on its manifest, with why nothing ran after it, and its tensors as 
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, missing_browser_reason
+from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -23,10 +22,7 @@ query Latest($keys: [AssetKeyInput!]!) { assetsLatestInfo(assetKeys: $keys) { as
 @pytest.fixture
 def failed_lane(tmp_path, monkeypatch):
     """The vision lane run once on data its suite refuses (a class the dataset does not declare)."""
-    reason = missing_browser_reason()
-    if reason:
-        warnings.warn(UserWarning(f"browser quality-gate test skipped: {reason}"))
-        pytest.skip(f"browser test needs Chromium and playwright: {reason}")
+    require_browser("browser quality-gate test")
     raw = tmp_path / "raw"
     ds = tiny_data.vision(raw)
     (ds / "dataset.json").write_text(json.dumps({"kind": "vision", "labels": ["0", "1"]}))

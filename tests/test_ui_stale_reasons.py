@@ -3,14 +3,13 @@ shows as unsynced in the Dagster UI, with the causes `unified-pipeline status` w
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetObservation, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, missing_browser_reason
+from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
 from unified_pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
@@ -36,10 +35,7 @@ def _observe(instance, ds: Path) -> None:
 @pytest.fixture
 def changed_model(tmp_path, monkeypatch):
     """text_service trained; then its preset hyperparameters and its files change."""
-    reason = missing_browser_reason()
-    if reason:
-        warnings.warn(UserWarning(f"browser stale-reasons test skipped: {reason}"))
-        pytest.skip(f"browser test needs Chromium and playwright: {reason}")
+    require_browser("browser stale-reasons test")
     ds = tiny_data.text(tmp_path / "raw")
     env = dagster_env(tmp_path / "raw", tmp_path / "home", tmp_path / "dagster_home")
     for key in ("UNIFIED_DATA", "UNIFIED_HOME", "DAGSTER_HOME"):
