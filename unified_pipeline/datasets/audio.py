@@ -15,7 +15,7 @@ import pandas as pd
 
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
-from unified_pipeline.datasets.vision import (
+from unified_pipeline.datasets.class_folders import (
     base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
 from unified_pipeline.errors import DatasetError
