@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, assign_splits
+from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.datasets.class_folders import (
     base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
+from unified_pipeline.datasets.decode_workers import decode_images
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
 
@@ -41,6 +44,14 @@ def read_image_facts(path: Path) -> dict:
             }
     except Exception as exc:  # PIL raises many types for broken files; all mean "not decodable"
         return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact per-channel sum, sum of squares and count of uint8 pixels, from 256-bin histograms
+    (no float copy of the shard)."""
+    values = np.arange(256, dtype=np.float64)
+    hist = np.stack([np.bincount(x[:, c].ravel(), minlength=256) for c in range(x.shape[1])]).astype(np.float64)
+    return {"sum": hist @ values, "sumsq": hist @ values**2, "count": np.array([x.size / x.shape[1]])}
 
 
 def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -80,7 +91,16 @@ class VisionKind:
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
-        import torch
+        """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""
+        from unified_pipeline.datasets.class_shards import in_memory
+
+        return in_memory(self, root, manifest, cfg)
+
+    def write_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig, out: Path,
+                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None) -> dict:
+        """uint8 pixels in shards (normalised when read: pixel/255, then per-channel mean/std of
+        the train split); returns the meta also written to out/meta.json."""
+        from unified_pipeline.datasets.class_shards import Codec, write_class_index, write_class_tensors
 
         root = Path(root)
         if manifest.empty:
@@ -88,34 +108,26 @@ class VisionKind:
         refuse_undecodable(manifest, root)
         mode = "L" if all(m in GRAY_MODES for m in manifest["mode"]) else "RGB"
         size = self._target_size(root, manifest, cfg)
-        classes = sorted(manifest["label"].unique())
-        index = {c: i for i, c in enumerate(classes)}
-        paths = track(manifest["path"], f"decoding {root.name}", total=len(manifest), log=cfg.log, unit="image")
-        images = np.stack([load_image(sample_path(root, rel), mode, size) for rel in paths])
-        x = torch.from_numpy(images).float().div_(255.0)
-        y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
-        splits = assign_splits(manifest, cfg)
-        train = torch.from_numpy(splits == "train")
-        stats_from = x[train] if bool(train.any()) else x  # tiny datasets may have no train sample
-        mean = stats_from.mean(dim=(0, 2, 3))
-        std = stats_from.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6)
-        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
-        tensors, counts, sample_ids = {}, {}, {}
-        for split in SPLITS:
-            sel = np.flatnonzero(splits == split)
-            idx = torch.from_numpy(sel)
-            tensors[f"{split}/x"] = x[idx].contiguous()
-            tensors[f"{split}/y"] = y[idx].contiguous()
-            counts[split] = int(len(sel))
-            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        h, w = size or (int(manifest["height"].iloc[0]), int(manifest["width"].iloc[0]))
+        channels = 1 if mode == "L" else 3
+        codec = Codec(kind=self.name, settings={"mode": mode, "size": list(size) if size else None},
+                      decode=decode_images, extra=(mode, size), row_shape=(channels, h, w), dtype=np.uint8,
+                      stats=pixel_sums)
+        report = write_class_tensors(codec, root, manifest, cfg, out, reuse_from, cache,
+                                     code=code_version(__name__))
+        count = report.stats["count"][0]
+        mean = report.stats["sum"] / count / 255.0
+        std = np.sqrt(np.maximum(report.stats["sumsq"] / count / 255.0**2 - mean**2, 0)).clip(min=1e-6)
+        write_class_index(out, codec, report, {"scale": list(1 / (255.0 * std)), "shift": list(-mean / std), "axis": 1})
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
-            "splits": counts, "classes": classes, "channels": int(x.shape[1]),
-            "image_size": [int(x.shape[2]), int(x.shape[3])], "mode": mode,
+            "splits": report.counts, "classes": sorted(manifest["label"].unique()), "channels": channels,
+            "image_size": [h, w], "mode": mode,
             "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "scale": "pixel/255 then (v - mean) / std per channel",
         }
-        return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": sample_ids})
+        TensorBundle(tensors={}, meta=meta, sidecars={"samples": report.samples}).save_json(out)
+        return meta
 
     @staticmethod
     def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:
