@@ -35,8 +35,8 @@ def split_key(key: str) -> tuple[str, str]:
     return group or PLAIN_GROUP, field
 
 
-def rows_per_shard(row_bytes: int, limit: int = SHARD_BYTES) -> int:
-    return max(1, limit // max(row_bytes, 1))
+def rows_per_shard(row_bytes: int, limit: int | None = None) -> int:
+    return max(1, (limit or SHARD_BYTES) // max(row_bytes, 1))
 
 
 def shard_name(group: str, index: int, digest: str) -> str:
@@ -72,8 +72,9 @@ def shard_stats(path: Path) -> dict:
 
 
 def write_groups(directory: Path, tensors: dict[str, torch.Tensor], decode: dict[str, dict],
-                 limit: int = SHARD_BYTES) -> None:
+                 limit: int | None = None) -> None:
     """Write a whole in-memory bundle as shards plus the index."""
+    limit = limit or SHARD_BYTES
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         group, field = split_key(key)

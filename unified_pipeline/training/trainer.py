@@ -7,6 +7,8 @@ validation metric, best weights restored at the end.
 On an accelerator the step loop never waits for the device: the splits and each epoch's
 permutation go over once, batches are cut on the device, and the loss is read back once per
 epoch. Inputs a model reads on the host (`host_fields`, e.g. audio lengths) stay on the host.
+A split bigger than `loader_threshold_bytes` streams through a DataLoader instead, in the same
+batch order; fields kept on disk (MappedRows over tensor shards) are read by worker processes.
 Crash-proof: checkpoints (checkpoints.py) hold everything the loop needs, including RNG and
 shuffle-generator state, so a resumed run on CPU ends with bit-identical weights. SIGINT/SIGTERM
 write a checkpoint at the next step boundary and then raise `TrainingInterrupted`.
@@ -27,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from unified_pipeline.datasets.shards import MappedRows
 from unified_pipeline.errors import ConfigError, DatasetError, PipelineError
 from unified_pipeline.training import checkpoints as ckpt
 from unified_pipeline.training.control import ControlPoller
@@ -288,9 +291,7 @@ class Trainer:
                 perm = torch.randperm(n, generator=gen)  # on the host: the same order on every device
                 batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
                 if streamed:
-                    dataset = torch.utils.data.TensorDataset(*train)
-                    source = torch.utils.data.DataLoader(dataset, sampler=batches[loop.step:], batch_size=None,
-                                                         pin_memory=self.device.type == "cuda" and train[0].device.type == "cpu")
+                    source = stream_batches(train, batches[loop.step:], cfg.loader_workers, self.device)
                 else:
                     perm_dev = perm.to(self.device) if not all(on_host) else perm
                     source = (tuple(t[perm[i * bs:(i + 1) * bs]] if host else t[perm_dev[i * bs:(i + 1) * bs]]
@@ -401,8 +402,22 @@ class Trainer:
                 self.log.warning(f"on_epoch callback failed: {exc}")
 
 
+def stream_batches(train: tuple, batches: list[torch.Tensor], workers: int, device: torch.device):
+    """The epoch's batches (in the given order) through a DataLoader, pinned for an accelerator.
+    Fields kept on disk (MappedRows) are read by `workers` processes; in-memory fields are cut
+    in-process, where a worker would only add a copy."""
+    on_disk = any(isinstance(t, MappedRows) for t in train)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*train), sampler=batches, batch_size=None,
+        num_workers=workers if on_disk and len(batches) > 1 else 0,
+        pin_memory=device.type == "cuda" and train[0].device.type == "cpu",
+        # its own generator: a loader seeds its workers from the global RNG otherwise, which would
+        # shift dropout's random numbers against the on-device path and after a resume
+        generator=torch.Generator().manual_seed(0))
+
+
 def check_split(name: str, tensors: tuple[torch.Tensor, ...]) -> int:
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+    if not tensors or not all(isinstance(t, (torch.Tensor, MappedRows)) for t in tensors):
         raise DatasetError(f"{name} split: expected a non-empty tuple of tensors")
     n = len(tensors[0])
     if n == 0 or any(len(t) != n for t in tensors):
