@@ -1,12 +1,17 @@
 """Per-file decoding for the class-folder kinds, run in worker processes (or in-process).
 
-Each task is a list of files; a worker keeps what is costly to set up (torchaudio's
-MelSpectrogram and one Resample per source rate: building them is most of the time spent on a
-short clip) for its whole life instead of rebuilding it per clip or per call.
+Each task is a list of files; a worker keeps what costs to set up (torchaudio's MelSpectrogram
+and one Resample per source rate) for its whole life. Decoding runs torch on one thread per
+process: the per-clip operations are tiny, and several intra-op threads on a busy machine spend
+far longer waiting for each other than computing (measured: 21 ms against 0.06 ms to resample
+one 1 s clip from 8 to 16 kHz on two shared cores). Workers import nothing heavy until needed,
+so starting them costs little.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,17 +34,36 @@ def worker_count(requested: int | None = None) -> int:
 
 
 def _init_worker() -> None:
-    try:
-        import torch
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already; read when torch loads
 
-        torch.set_num_threads(1)  # one process per core already
-    except ImportError:
-        pass
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block (in-process decoding), restored afterwards."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch and before:
+            torch.set_num_threads(before)
+
+
+def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and (im.height, im.width) != size:
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def decode_images(root: str, rels: list[str], mode: str, size: tuple[int, int] | None) -> list[tuple[np.ndarray, int]]:
-    from unified_pipeline.datasets.vision import load_image
-
     return [(load_image(Path(root) / rel, mode, size), 0) for rel in rels]
 
 
@@ -85,7 +109,9 @@ def decode_all(fn: Callable, root: Path, rels: list[str], extra: tuple, workers:
     n = worker_count(workers)
     if n == 1 or len(rels) < POOL_FROM:
         for task in tasks:
-            yield from _run(task)
+            with one_thread():
+                part = _run(task)
+            yield from part
         return
     import multiprocessing as mp
 

@@ -216,7 +216,8 @@ def load_groups(directory: Path, in_memory_bytes: int) -> tuple[dict[str, Any], 
                 tensors[key] = _whole(directory / entry["shards"][0]["file"], field)
                 continue
             mapped = MappedRows(directory, field, entry["shards"], spec["dtype"], spec["row_shape"])
-            if mapped.numel() * (4 if spec.get("decode") else mapped.element_size()) <= in_memory_bytes:
+            small = not spec["row_shape"]  # one number per row (labels, lengths): always held
+            if small or mapped.numel() * (4 if spec.get("decode") else mapped.element_size()) <= in_memory_bytes:
                 tensors[key] = _concat(mapped)
             else:
                 tensors[key] = mapped

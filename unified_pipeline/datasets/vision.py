@@ -18,7 +18,7 @@ from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.datasets.class_folders import (
     base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
-from unified_pipeline.datasets.decode_workers import decode_images
+from unified_pipeline.datasets.decode_workers import decode_images, load_image  # noqa: F401 (prediction reads images through here)
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
@@ -52,18 +52,6 @@ def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
     values = np.arange(256, dtype=np.float64)
     hist = np.stack([np.bincount(x[:, c].ravel(), minlength=256) for c in range(x.shape[1])]).astype(np.float64)
     return {"sum": hist @ values, "sumsq": hist @ values**2, "count": np.array([x.size / x.shape[1]])}
-
-
-def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if size is not None and (im.height, im.width) != size:
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 class VisionKind:
