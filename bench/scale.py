@@ -71,7 +71,7 @@ def step_epoch(folder: str) -> dict:
     torch.set_num_threads(1)  # the machine's other core serves the loader workers
     bundle = TensorBundle.load(folder, in_memory_bytes=0)  # kept on disk at every size: the bounded path
     train, val = bundle.split("train"), bundle.split("val")
-    model = vision_cnn.build(bundle.meta, {"widths": [16, 32]})
+    model = vision_cnn.build(bundle.meta, {"widths": [8, 16]})
     cfg = TrainerConfig(epochs=1, batch_size=256, loader_threshold_bytes=0, loader_workers=2, checkpoint_interval=0)
     trainer = Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn, checkpoint_dir=None)
     t0 = time.perf_counter()

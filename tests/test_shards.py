@@ -164,3 +164,38 @@ def test_streamed_training_resumes_mid_epoch_bit_identical(tmp_path):
     assert summary.resumed_from and "step" in summary.resumed_from
     for k, v in reference.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_single_file_folders_from_before_shards_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    (x, y), _ = worker.make_data()
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_file({"train/x": x, "train/y": y}, str(folder / "tensors.safetensors"))
+    TensorBundle({}, {"dataset": "d"}, {"samples": {"train": ["a"]}}).save_json(folder)
+    got = TensorBundle.load(folder)
+    assert torch.equal(got.split("train")["x"], x) and got.sidecars == {"samples": {"train": ["a"]}}
+
+
+def test_streamed_uint8_images_decoded_at_the_device_train_like_in_memory(tmp_path):
+    from unified_pipeline.models import vision_cnn
+    from unified_pipeline.training.classification import classification_metric_fn, cross_entropy_loss
+    from unified_pipeline.training.trainer import Trainer, TrainerConfig
+
+    root = _images(tmp_path / "ds", per_class=16)
+    out = tmp_path / "t"
+    VISION.write_tensors(root, _manifest(root), PreprocessConfig(), out, cache=PreprocessCache(None))
+    weights = []
+    for budget in (1 << 30, 0):
+        bundle = TensorBundle.load(out, in_memory_bytes=budget)
+        train, val = bundle.split("train"), bundle.split("val")
+        assert isinstance(train["x"], MappedRows) == (budget == 0)
+        torch.manual_seed(0)
+        model = vision_cnn.build(bundle.meta, {"widths": [4, 8]})
+        cfg = TrainerConfig(epochs=2, batch_size=4, loader_threshold_bytes=budget, loader_workers=2, seed=1)
+        Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn,
+                checkpoint_dir=None).fit((train["x"], train["y"]), (val["x"], val["y"]))
+        weights.append(model.state_dict())
+    for k, v in weights[0].items():
+        assert torch.equal(weights[1][k], v), k

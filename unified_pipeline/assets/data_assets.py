@@ -206,7 +206,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         group_name=group,
         kinds={"pytorch", "safetensors"},
         code_version=lane_code,
-        description=f"Preprocessed tensors of '{ref.name}' (train/val/test), safetensors + meta.json.",
+        description=f"Preprocessed tensors of '{ref.name}' (train/val/test): safetensors shards, shards.json, meta.json.",
     )
     def tensors(context, manifest: dict) -> Output:
         folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"],

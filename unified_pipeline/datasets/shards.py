@@ -125,8 +125,8 @@ def decode_rows(t: torch.Tensor, spec: dict | None) -> torch.Tensor:
     out = t.to(torch.float32)
     shape = [1] * out.dim()
     shape[spec.get("axis", 1)] = -1
-    out = out * torch.tensor(spec["scale"], dtype=torch.float32).view(shape)
-    out = out + torch.tensor(spec["shift"], dtype=torch.float32).view(shape)
+    out = out * torch.tensor(spec["scale"], dtype=torch.float32, device=out.device).view(shape)
+    out = out + torch.tensor(spec["shift"], dtype=torch.float32, device=out.device).view(shape)
     return out.nan_to_num_(spec.get("nan", 0.0)) if "nan" in spec else out
 
 
@@ -194,6 +194,10 @@ class MappedRows:
                 del mapped
         return out
 
+    def stored(self) -> "MappedRows":
+        """The same rows read as stored (uint8, float16): for decoding elsewhere, e.g. on the device."""
+        return _undecoded(self)
+
     def materialise(self) -> torch.Tensor:
         return self[:]
 
@@ -234,6 +238,12 @@ def _whole(path: Path, field: str) -> torch.Tensor:
 def _concat(mapped: MappedRows) -> torch.Tensor:
     parts = [_whole(mapped.directory / f, mapped.field) for f in mapped.files]
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _undecoded(value: MappedRows) -> MappedRows:
+    out = copy.copy(value)
+    out.decode, out.dtype = None, out.stored_dtype
+    return out
 
 
 def with_decode(value: Any, spec: dict | None) -> Any:
