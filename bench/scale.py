@@ -149,6 +149,7 @@ def _change_one(path: Path) -> None:
 
 
 def _row(kind: str, factor: int, files: int, stage: str, secs: float, peaks: dict | None = None, note: str = "") -> dict:
+    print(f"{kind} {factor}x {stage}: {secs:.1f}s {json.dumps(peaks or {})[:300]} {note}", flush=True)
     return {"lane": kind, "size": f"{factor}x", "files": files, "stage": stage, "seconds": secs,
             "files_per_s": files / secs if secs > 0 else None,
             "peak_rss_mb": (peaks or {}).get("rss_mb"), "workers_peak_rss_mb": (peaks or {}).get("workers_rss_mb"),
@@ -164,13 +165,16 @@ def run() -> list[dict]:
                               ("audio", _factors("SCALE_AUDIO_FACTORS", "1,10"))):
             for factor in factors:
                 rows += _lane(kind, factor, Path(tmp), one_core_upto)
-                print(json.dumps(rows[-1]), flush=True)
-    notes = (f"Images: 32x32 RGB PNGs; audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
-             f"seconds of the stage (the tensors step includes hashing nothing: it decodes, fills the cache and "
+                save("scale", rows, _notes(load_before))  # a long run leaves its finished sizes behind
+    save("scale", rows, _notes(load_before))
+    return rows
+
+
+def _notes(load_before: tuple) -> str:
+    return (f"Images: 32x32 RGB PNGs; audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
+             f"seconds of the stage (the tensors step reads the manifest, decodes, fills the cache and "
              f"writes shards). Peak RSS in MB of the step's process; worker processes apart. Load average "
              f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
-    save("scale", rows, notes)
-    return rows
 
 
 if __name__ == "__main__":
