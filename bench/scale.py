@@ -173,7 +173,8 @@ def run() -> list[dict]:
 def _notes(load_before: tuple) -> str:
     return (f"Images: 32x32 RGB PNGs; audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
              f"seconds of the stage (the tensors step reads the manifest, decodes, fills the cache and "
-             f"writes shards). Peak RSS in MB of the step's process; worker processes apart. Load average "
+             f"writes shards). Peak RSS in MB of the step's process; worker processes apart (ru_maxrss of children, which "
+            f"on Linux keeps the parent's pages at fork, so it overstates a worker's own use). Load average "
              f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
 
 

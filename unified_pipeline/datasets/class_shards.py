@@ -33,6 +33,7 @@ from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
+from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
 
 
@@ -73,12 +74,13 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     classes = sorted(manifest["label"].unique())
     labels = np.array([classes.index(c) for c in manifest["label"]], dtype=np.int64)
     splits = assign_splits(manifest, cfg)
+    sample_ids = manifest["sample_id"].to_numpy()
     per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)
     report, plan, index = BuildReport(), [], {}
     for split in SPLITS:
         sel = np.flatnonzero(splits == split)
         report.counts[split] = int(len(sel))
-        report.samples[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        report.samples[split] = sample_ids[sel].tolist()
         entries = []
         for n, start in enumerate(range(0, len(sel), per_shard)):
             rows = sel[start:start + per_shard]
@@ -122,7 +124,7 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
             seen.add(keys[i])
             misses.append(i)
     report.decoded, report.cached = len(misses), len(needed) - len(misses)
-    rels = [str(sample_path(root, manifest["path"].iloc[i]).relative_to(root)) for i in misses]
+    rels = files_inside(root, manifest["path"].to_numpy()[misses].tolist())
     decoded = decode_all(codec.decode, root, rels, codec.extra)
     decoded = iter(track(decoded, f"decoding {root.name}", total=len(misses), log=getattr(cfg, "log", None),
                          unit="file"))
@@ -133,14 +135,16 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
         want = {keys[i] for i in rows}
         got = cache.get_many(sorted(want - fresh.keys()))
         new = []
-        while not want <= got.keys() | fresh.keys():
+        missing = want - got.keys() - fresh.keys()
+        while missing:
             i = next(order, None)
             if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
-                lost = [j for j in rows if keys[j] not in got and keys[j] not in fresh]
+                lost = [j for j in rows if keys[j] in missing]
                 for j, value in zip(lost, codec.decode(str(root), [manifest["path"].iloc[j] for j in lost], *codec.extra)):
                     fresh[keys[j]] = value
                 break
             fresh[keys[i]] = next(decoded)
+            missing.discard(keys[i])
             new.append((keys[i], *fresh[keys[i]]))
         cache.put_many(new)
         got.update(fresh)
@@ -154,6 +158,18 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
         for k in want:
             if last_use[k] == p:
                 fresh.pop(k, None)
+
+
+def files_inside(root: Path, rels: list[str]) -> list[str]:
+    """The manifest paths, refusing one that leads outside the dataset folder (as class_folders.
+    sample_path does; one realpath per file, since a big lane has many)."""
+    base = os.path.realpath(root)
+    for rel in rels:
+        full = os.path.realpath(os.path.join(base, rel))
+        if not full.startswith(base + os.sep):
+            sample_path(root, rel)  # raises the DatasetError naming the file
+            raise DatasetError(f"{root}: manifest path {rel!r} is outside the dataset folder")
+    return rels
 
 
 def _link_earlier(name: str, out: Path, earlier: list[Path]) -> bool:

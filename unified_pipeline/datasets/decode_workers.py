@@ -34,7 +34,8 @@ def worker_count(requested: int | None = None) -> int:
 
 
 def _init_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already; read when torch loads
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already
+    _WORKER["pool"] = True
 
 
 @contextlib.contextmanager
@@ -75,6 +76,8 @@ def decode_clips(root: str, rels: list[str], sample_rate: int, max_samples: int,
 
     from unified_pipeline.datasets.audio import load_clip, valid_frames
 
+    if _WORKER.get("pool") and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     key = tuple(sorted(mel.items()))
     if _WORKER.get("mel_key") != key:
         _WORKER["mel"] = torchaudio.transforms.MelSpectrogram(**mel)
