@@ -13,6 +13,7 @@ SECTIONS = {
     "warm_start": "bench.warm_start",
     "controller": "bench.controller",
     "cost": "bench.cost",
+    "scale": "bench.scale",
 }
 
 

@@ -100,17 +100,30 @@ def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: 
     if (out / META_FILE).exists():
         return out, True
     kind = get_kind(ref.kind)
-    bundle = kind.build_tensors(ref.root, read_manifest(manifest_file), preprocess_config(settings, log))
-    bundle.meta.setdefault("dataset", ref.name)
-    bundle.meta.setdefault("kind", ref.kind)
-    bundle.meta["data_version"] = version
+    cfg = preprocess_config(settings, log)
     try:
         with atomic.atomic_dir(out) as tmp:
-            bundle.save(tmp)
+            if hasattr(kind, "write_tensors"):  # shard by shard, from the per-file cache, in bounded memory
+                from unified_pipeline.datasets.class_shards import earlier_folders
+
+                meta = kind.write_tensors(ref.root, read_manifest(manifest_file), cfg, tmp,
+                                          reuse_from=earlier_folders(out))
+                _set_lane_facts(meta, ref, version)
+                atomic.write_json(tmp / META_FILE, meta)
+            else:
+                bundle = kind.build_tensors(ref.root, read_manifest(manifest_file), cfg)
+                _set_lane_facts(bundle.meta, ref, version)
+                bundle.save(tmp)
     except OSError:
         if not (out / META_FILE).exists():  # another run finished the same folder first: fine
             raise
     return out, False
+
+
+def _set_lane_facts(meta: dict, ref: DatasetRef, version: str) -> None:
+    meta.setdefault("dataset", ref.name)
+    meta.setdefault("kind", ref.kind)
+    meta["data_version"] = version
 
 
 def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
@@ -197,7 +210,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         group_name=group,
         kinds={"pytorch", "safetensors"},
         code_version=lane_code,
-        description=f"Preprocessed tensors of '{ref.name}' (train/val/test), safetensors + meta.json.",
+        description=f"Preprocessed tensors of '{ref.name}' (train/val/test): safetensors shards, shards.json, meta.json.",
     )
     def tensors(context, manifest: dict) -> Output:
         folder, reused = build_tensors(ref, Path(manifest["manifest"]), manifest["data_version"],

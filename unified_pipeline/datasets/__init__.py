@@ -108,7 +108,7 @@ TABLE_KINDS_NEED = ("a text dataset needs columns `text` and `label`; transition
 
 
 def _columns_found(root: Path, tables: list[str]) -> str:
-    from unified_pipeline.datasets.text import header_fields
+    from unified_pipeline.datasets.table_files import header_fields
 
     parts = []
     for rel in tables[:3]:

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, assign_splits
-from unified_pipeline.datasets.vision import (
+from unified_pipeline.datasets.splits import assign_splits
+from unified_pipeline.datasets.class_folders import (
     base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
 )
+from unified_pipeline.datasets.decode_workers import LOG_OFFSET, decode_clips
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
 
@@ -26,7 +29,6 @@ MANIFEST_COLUMNS = [
     "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
     "sample_rate", "channels", "duration_s", "frames", "format", "peak",
 ]
-LOG_OFFSET = 1e-6
 BATCH = 256  # clips per MelSpectrogram call: bounded memory, vectorised FFTs
 _WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
@@ -90,6 +92,19 @@ def log_mel(waves, settings: dict):
     return torch.cat(parts) if parts else torch.zeros(0, settings["n_mels"], 0)
 
 
+def frame_sums(x: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Per mel bin: sum and sum of squares over the real frames (padding is NaN), and their count."""
+    total, squares, count = np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].astype(np.float64)
+        real = ~np.isnan(part[:, 0, :])
+        part = np.nan_to_num(part)
+        total += part.sum(axis=(0, 2))
+        squares += (part**2).sum(axis=(0, 2))
+        count += int(real.sum())
+    return {"sum": total, "sumsq": squares, "count": np.array([float(count)])}
+
+
 def valid_frames(n_samples: int, hop_length: int) -> int:
     """Frames of a centred STFT that contain real signal."""
     return 1 + n_samples // hop_length
@@ -122,7 +137,16 @@ class AudioKind:
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
-        import torch
+        """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""
+        from unified_pipeline.datasets.class_shards import in_memory
+
+        return in_memory(self, root, manifest, cfg)
+
+    def write_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig, out: Path,
+                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None) -> dict:
+        """float16 log-mel in shards, NaN in padded frames (normalised when read with the train
+        split's per-bin mean/std, padding -> 0); returns the meta also written to out/meta.json."""
+        from unified_pipeline.datasets.class_shards import Codec, write_class_index, write_class_tensors
 
         root = Path(root)
         if manifest.empty:
@@ -135,48 +159,25 @@ class AudioKind:
             )
         max_samples = int(round(cfg.max_audio_seconds * cfg.sample_rate))
         settings = mel_settings(cfg.sample_rate, cfg.n_mels)
-        waves = torch.zeros(len(manifest), max_samples)
-        lengths = torch.zeros(len(manifest), dtype=torch.int64)
-        resamplers: dict = {}
-        paths = track(manifest["path"], f"decoding {root.name}", total=len(manifest), log=cfg.log, unit="clip")
-        for i, rel in enumerate(paths):
-            wave = load_clip(sample_path(root, rel), cfg.sample_rate, max_samples, resamplers)
-            waves[i, : wave.shape[0]] = wave
-            lengths[i] = valid_frames(int(wave.shape[0]), settings["hop_length"])
-        feats = log_mel(waves, settings)
-        lengths.clamp_(max=feats.shape[-1])
-        valid = torch.arange(feats.shape[-1])[None, :] < lengths[:, None]  # [N,T]
-
-        classes = sorted(manifest["label"].unique())
-        index = {c: i for i, c in enumerate(classes)}
-        y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
-        splits = assign_splits(manifest, cfg)
-        train = torch.from_numpy(splits == "train")
-        if not bool(train.any()):
-            train = torch.ones(len(manifest), dtype=torch.bool)  # tiny datasets may have no train sample
-        frames = feats[train].permute(0, 2, 1)[valid[train]]  # [frames, n_mels], padding excluded
-        mean, std = frames.mean(dim=0), frames.std(dim=0, unbiased=False).clamp_min(1e-6)
-        x = (feats - mean[None, :, None]) / std[None, :, None]
-        x = x * valid[:, None, :]  # padded frames sit at the normalised mean (0)
-
-        tensors, counts, sample_ids = {}, {}, {}
-        for split in SPLITS:
-            sel = np.flatnonzero(splits == split)
-            idx = torch.from_numpy(sel)
-            tensors[f"{split}/x"] = x[idx].contiguous()
-            tensors[f"{split}/lengths"] = lengths[idx].contiguous()
-            tensors[f"{split}/y"] = y[idx].contiguous()
-            counts[split] = int(len(sel))
-            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        frames = valid_frames(max_samples, settings["hop_length"])
+        codec = Codec(kind=self.name, settings={"max_samples": max_samples, **settings}, decode=decode_clips,
+                      extra=(cfg.sample_rate, max_samples, settings), row_shape=(cfg.n_mels, frames),
+                      dtype=np.float16, stats=frame_sums, aux_field="lengths")
+        report = write_class_tensors(codec, root, manifest, cfg, out, reuse_from, cache, code=code_version(__name__))
+        count = max(report.stats["count"][0], 1.0)
+        mean = report.stats["sum"] / count
+        std = np.sqrt(np.maximum(report.stats["sumsq"] / count - mean**2, 0)).clip(min=1e-6)
+        write_class_index(out, codec, report, {"scale": list(1 / std), "shift": list(-mean / std), "axis": 1, "nan": 0.0})
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
-            "splits": counts, "classes": classes, "sample_rate": cfg.sample_rate, "n_mels": cfg.n_mels,
-            "hop_length": settings["hop_length"], "n_fft": settings["n_fft"], "win_length": settings["win_length"],
-            "max_samples": max_samples, "frames": int(x.shape[-1]), "log_offset": LOG_OFFSET,
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "splits": report.counts, "classes": sorted(manifest["label"].unique()), "sample_rate": cfg.sample_rate,
+            "n_mels": cfg.n_mels, "hop_length": settings["hop_length"], "n_fft": settings["n_fft"],
+            "win_length": settings["win_length"], "max_samples": max_samples, "frames": frames,
+            "log_offset": LOG_OFFSET, "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "scale": "log(mel power + log_offset), then (v - mean) / std per mel bin; padded frames 0",
         }
-        return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": sample_ids})
+        TensorBundle(tensors={}, meta=meta, sidecars={"samples": report.samples}).save_json(out)
+        return meta
 
     def generate_samples(self, raw_root: Path, seed: int = 0) -> list[Path]:
         from unified_pipeline.datasets.samples.spoken_digits import generate_spoken_digits

@@ -8,6 +8,7 @@ Great Expectations suite from `unified_pipeline.quality`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,9 @@ from unified_pipeline.errors import DatasetError
 
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
+# Fields whose model input is bigger than this stay on disk when loaded (MappedRows), and the
+# trainer streams them; smaller ones load whole, as on-device training wants.
+IN_MEMORY_BYTES = int(os.environ.get("UNIFIED_TENSORS_IN_MEMORY_BYTES", str(1 << 30)))
 
 
 @dataclass
@@ -39,37 +43,73 @@ class PreprocessConfig:
 
 @dataclass
 class TensorBundle:
-    """Preprocessed dataset: named tensors (`<split>/<field>` or plain names) plus JSON facts."""
+    """Preprocessed dataset: named tensors (`<split>/<field>` or plain names) plus JSON facts.
+
+    `tensors` hold the stored form (uint8 pixels, float16 features, or MappedRows over shard
+    files when a field is too big to hold); `decode` says how a stored field becomes model
+    input, and `split()` returns that model input. On disk: shards (datasets/shards.py).
+    """
 
     tensors: dict[str, Any]
     meta: dict[str, Any]
     sidecars: dict[str, Any] = field(default_factory=dict)  # extra JSON files, e.g. raw texts per split
+    decode: dict[str, dict] = field(default_factory=dict)  # key or field name -> shards.decode_rows spec
 
     def split(self, name: str) -> dict[str, Any]:
+        """The split's fields as model input: decoded tensors, or MappedRows (decoded per read)
+        for a field kept on disk; the trainer streams those through a DataLoader."""
+        from unified_pipeline.datasets.shards import with_decode
+
         prefix = f"{name}/"
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: with_decode(v, self.decode.get(k) or self.decode.get(k[len(prefix):]))
+                for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def save(self, directory: str | Path) -> Path:
         """Write into `directory` (which the caller creates atomically via atomic.atomic_dir)."""
+        from unified_pipeline.datasets.shards import write_groups
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic.save_safetensors(directory / TENSORS_FILE, self.tensors)
-        atomic.write_json(directory / META_FILE, self.meta)
-        for name, obj in self.sidecars.items():
-            atomic.write_json(directory / f"{name}.json", obj)
+        write_groups(directory, {k: v.materialise() if hasattr(v, "materialise") else v
+                                 for k, v in self.tensors.items()}, self.decode)
+        self.save_json(directory)
         return directory
 
+    def save_json(self, directory: Path) -> None:
+        atomic.write_json(Path(directory) / META_FILE, self.meta)
+        for name, obj in self.sidecars.items():
+            atomic.write_json(Path(directory) / f"{name}.json", obj)
+
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "TensorBundle":
-        from safetensors.torch import load_file
+    def load(cls, directory: str | Path, device: str = "cpu", in_memory_bytes: int | None = None) -> "TensorBundle":
+        """Read a tensors folder. A field whose decoded size exceeds `in_memory_bytes` (default
+        IN_MEMORY_BYTES) stays on disk as MappedRows. Folders from before sharding (one
+        tensors.safetensors) load whole, as they were written."""
+        from unified_pipeline.datasets.shards import INDEX_FILE, load_groups
 
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text())
-        tensors = load_file(str(directory / TENSORS_FILE), device=device)
+        decode: dict[str, dict] = {}
+        if (directory / TENSORS_FILE).exists() or not (directory / INDEX_FILE).exists():
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(directory / TENSORS_FILE), device=device)
+        else:
+            budget = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+            tensors, decode = load_groups(directory, budget)
+            if device != "cpu":
+                tensors = {k: v.to(device) if isinstance(v, torch_tensor_type()) else v for k, v in tensors.items()}
         sidecars = {
-            p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json")) if p.name != META_FILE
+            p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))
+            if p.name not in (META_FILE, INDEX_FILE)
         }
-        return cls(tensors=tensors, meta=meta, sidecars=sidecars)
+        return cls(tensors=tensors, meta=meta, sidecars=sidecars, decode=decode)
+
+
+def torch_tensor_type():
+    import torch
+
+    return torch.Tensor
 
 
 class DatasetKind(Protocol):

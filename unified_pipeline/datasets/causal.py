@@ -23,7 +23,7 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, hash_splits
-from unified_pipeline.datasets.text import checked_files, data_files, folder_version, header_fields, read_csv_frame
+from unified_pipeline.datasets.table_files import checked_files, data_files, folder_version, header_fields, read_csv_frame
 from unified_pipeline.errors import DatasetError
 
 ADJACENCY = "adjacency.csv"

@@ -24,8 +24,10 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, hash_splits
-from unified_pipeline.datasets.text import PAD, UNKNOWN, checked_files, data_files, folder_version, header_fields
-from unified_pipeline.datasets.text import read_jsonl_records
+from unified_pipeline.datasets.table_files import (
+    checked_files, data_files, folder_version, header_fields, read_jsonl_records,
+)
+from unified_pipeline.datasets.text import PAD, UNKNOWN
 from unified_pipeline.errors import DatasetError
 
 WORD = re.compile(r"[a-z0-9']+")

@@ -2,7 +2,7 @@
 
 The manifest decodes every image once (PIL) so the quality suite can name broken files and
 odd sizes; `build_tensors` turns decodable images into normalised float tensors [N,C,H,W].
-`scan_class_folders` is shared with the audio kind, which uses the same folder layout.
+The folder layout itself is checked in `class_folders`, shared with the audio kind.
 """
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unified_pipeline import hashing
+from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import SPLITS, assign_splits
+from unified_pipeline.datasets.splits import assign_splits
+from unified_pipeline.datasets.class_folders import (
+    base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
+)
+from unified_pipeline.datasets.decode_workers import decode_images, load_image  # noqa: F401 (prediction reads images through here)
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
-from unified_pipeline.paths import inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRAY_MODES = ("1", "L")
@@ -25,93 +29,6 @@ MANIFEST_COLUMNS = [
     "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
     "width", "height", "channels", "mode", "format",
 ]
-
-
-def sample_path(root: Path, rel: str) -> Path:
-    """`root/rel`, refusing a manifest path that leads outside the dataset folder (.., absolute, links out)."""
-    try:
-        return inside(root, rel)
-    except ValueError as exc:
-        raise DatasetError(f"{root}: manifest path {str(rel)!r} is outside the dataset folder") from exc
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _has_extension_files(root: Path, extensions: tuple[str, ...]) -> bool:
-    for cls in _visible_dirs(root):
-        for p in cls.rglob("*"):
-            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
-                return True
-    return False
-
-
-def detect_class_folders(root: Path, extensions: tuple[str, ...]) -> bool:
-    """Cheap layout test: at least one class sub-folder holding files with these extensions."""
-    root = Path(root)
-    return root.is_dir() and _has_extension_files(root, extensions)
-
-
-def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], what: str) -> list[str]:
-    """Relative paths of the samples in a <class>/<file> layout, after checking the layout.
-
-    Raises DatasetError naming the folder or file when nothing could be checked: no files,
-    files at top level, an empty class folder or a file type the kind cannot read.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder does not exist")
-    if not file_hashes:
-        raise DatasetError(f"{root}: dataset folder holds no files (expected <class>/<{what}> sub-folders)")
-    top_level = sorted(rel for rel in file_hashes if "/" not in rel)
-    if top_level:
-        raise DatasetError(
-            f"{root}: file(s) {top_level[:5]} sit at top level; put each {what} in a class folder "
-            f"(<dataset>/<class>/<{what}>)"
-        )
-    per_class = Counter(rel.split("/", 1)[0] for rel in file_hashes)
-    for cls in _visible_dirs(root):
-        if per_class.get(cls.name, 0) == 0:
-            raise DatasetError(f"{cls}: class folder is empty")
-    unknown = sorted(rel for rel in file_hashes if Path(rel).suffix.lower() not in extensions)
-    if unknown:
-        raise DatasetError(
-            f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
-            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
-        )
-    for rel in file_hashes:
-        sample_path(root, rel)
-    return sorted(file_hashes)
-
-
-def base_row(root: Path, rel: str, sha256: str) -> dict:
-    return {
-        "sample_id": rel,
-        "path": rel,
-        "label": rel.split("/", 1)[0],
-        "sha256": sha256,
-        "size": (Path(root) / rel).stat().st_size,
-        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
-        "decodable": True,
-        "error": None,
-    }
-
-
-def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:
-    bad = manifest[~manifest["decodable"].astype(bool)]
-    if len(bad):
-        names = [f"{p} ({e})" for p, e in zip(bad["path"].head(5), bad["error"].head(5))]
-        raise DatasetError(
-            f"{root}: {len(bad)} file(s) cannot be decoded: {'; '.join(names)}",
-            hint="fix or remove them; the manifest quality check lists all of them",
-        )
-
-
-def data_version(manifest: pd.DataFrame) -> str:
-    """Same digest as hashing.dataset_version when the manifest covers every file of the folder."""
-    pairs = sorted(zip(manifest["path"], manifest["sha256"]))
-    return hashing.combine(f"{rel}:{digest}" for rel, digest in pairs)
 
 
 def read_image_facts(path: Path) -> dict:
@@ -129,16 +46,12 @@ def read_image_facts(path: Path) -> dict:
         return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if size is not None and (im.height, im.width) != size:
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact per-channel sum, sum of squares and count of uint8 pixels, from 256-bin histograms
+    (no float copy of the shard)."""
+    values = np.arange(256, dtype=np.float64)
+    hist = np.stack([np.bincount(x[:, c].ravel(), minlength=256) for c in range(x.shape[1])]).astype(np.float64)
+    return {"sum": hist @ values, "sumsq": hist @ values**2, "count": np.array([x.size / x.shape[1]])}
 
 
 class VisionKind:
@@ -166,7 +79,16 @@ class VisionKind:
         return df
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
-        import torch
+        """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""
+        from unified_pipeline.datasets.class_shards import in_memory
+
+        return in_memory(self, root, manifest, cfg)
+
+    def write_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig, out: Path,
+                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None) -> dict:
+        """uint8 pixels in shards (normalised when read: pixel/255, then per-channel mean/std of
+        the train split); returns the meta also written to out/meta.json."""
+        from unified_pipeline.datasets.class_shards import Codec, write_class_index, write_class_tensors
 
         root = Path(root)
         if manifest.empty:
@@ -174,34 +96,26 @@ class VisionKind:
         refuse_undecodable(manifest, root)
         mode = "L" if all(m in GRAY_MODES for m in manifest["mode"]) else "RGB"
         size = self._target_size(root, manifest, cfg)
-        classes = sorted(manifest["label"].unique())
-        index = {c: i for i, c in enumerate(classes)}
-        paths = track(manifest["path"], f"decoding {root.name}", total=len(manifest), log=cfg.log, unit="image")
-        images = np.stack([load_image(sample_path(root, rel), mode, size) for rel in paths])
-        x = torch.from_numpy(images).float().div_(255.0)
-        y = torch.tensor([index[c] for c in manifest["label"]], dtype=torch.int64)
-        splits = assign_splits(manifest, cfg)
-        train = torch.from_numpy(splits == "train")
-        stats_from = x[train] if bool(train.any()) else x  # tiny datasets may have no train sample
-        mean = stats_from.mean(dim=(0, 2, 3))
-        std = stats_from.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6)
-        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
-        tensors, counts, sample_ids = {}, {}, {}
-        for split in SPLITS:
-            sel = np.flatnonzero(splits == split)
-            idx = torch.from_numpy(sel)
-            tensors[f"{split}/x"] = x[idx].contiguous()
-            tensors[f"{split}/y"] = y[idx].contiguous()
-            counts[split] = int(len(sel))
-            sample_ids[split] = [manifest["sample_id"].iloc[i] for i in sel]
+        h, w = size or (int(manifest["height"].iloc[0]), int(manifest["width"].iloc[0]))
+        channels = 1 if mode == "L" else 3
+        codec = Codec(kind=self.name, settings={"mode": mode, "size": list(size) if size else None},
+                      decode=decode_images, extra=(mode, size), row_shape=(channels, h, w), dtype=np.uint8,
+                      stats=pixel_sums)
+        report = write_class_tensors(codec, root, manifest, cfg, out, reuse_from, cache,
+                                     code=code_version(__name__))
+        count = report.stats["count"][0]
+        mean = report.stats["sum"] / count / 255.0
+        std = np.sqrt(np.maximum(report.stats["sumsq"] / count / 255.0**2 - mean**2, 0)).clip(min=1e-6)
+        write_class_index(out, codec, report, {"scale": list(1 / (255.0 * std)), "shift": list(-mean / std), "axis": 1})
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
-            "splits": counts, "classes": classes, "channels": int(x.shape[1]),
-            "image_size": [int(x.shape[2]), int(x.shape[3])], "mode": mode,
+            "splits": report.counts, "classes": sorted(manifest["label"].unique()), "channels": channels,
+            "image_size": [h, w], "mode": mode,
             "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "scale": "pixel/255 then (v - mean) / std per channel",
         }
-        return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": sample_ids})
+        TensorBundle(tensors={}, meta=meta, sidecars={"samples": report.samples}).save_json(out)
+        return meta
 
     @staticmethod
     def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:

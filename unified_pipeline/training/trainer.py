@@ -7,6 +7,8 @@ validation metric, best weights restored at the end.
 On an accelerator the step loop never waits for the device: the splits and each epoch's
 permutation go over once, batches are cut on the device, and the loss is read back once per
 epoch. Inputs a model reads on the host (`host_fields`, e.g. audio lengths) stay on the host.
+A split bigger than `loader_threshold_bytes` streams through a DataLoader instead, in the same
+batch order; fields kept on disk (MappedRows over tensor shards) are read by worker processes.
 Crash-proof: checkpoints (checkpoints.py) hold everything the loop needs, including RNG and
 shuffle-generator state, so a resumed run on CPU ends with bit-identical weights. SIGINT/SIGTERM
 write a checkpoint at the next step boundary and then raise `TrainingInterrupted`.
@@ -27,11 +29,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from unified_pipeline.datasets.shards import MappedRows
 from unified_pipeline.errors import ConfigError, DatasetError, PipelineError
 from unified_pipeline.training import checkpoints as ckpt
 from unified_pipeline.training.control import ControlPoller
 from unified_pipeline.training.fit_settings import (autocast, fit_process_settings, lr_factor, make_optimizer,
                                                      resolve_precision, seed_everything)
+from unified_pipeline.training.streaming import place_batch, stream_batches
 from unified_pipeline.training.trainer_config import TrainerConfig
 
 # Test hook: seconds to sleep after each step, so a test can signal a real job mid-epoch.
@@ -288,9 +292,7 @@ class Trainer:
                 perm = torch.randperm(n, generator=gen)  # on the host: the same order on every device
                 batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
                 if streamed:
-                    dataset = torch.utils.data.TensorDataset(*train)
-                    source = torch.utils.data.DataLoader(dataset, sampler=batches[loop.step:], batch_size=None,
-                                                         pin_memory=self.device.type == "cuda" and train[0].device.type == "cpu")
+                    source = stream_batches(train, batches[loop.step:], cfg.loader_workers, self.device)
                 else:
                     perm_dev = perm.to(self.device) if not all(on_host) else perm
                     source = (tuple(t[perm[i * bs:(i + 1) * bs]] if host else t[perm_dev[i * bs:(i + 1) * bs]]
@@ -300,8 +302,7 @@ class Trainer:
                 t0, loss_sum, cmds, stop, lr_used = time.perf_counter(), None, [], False, opt.param_groups[0]["lr"]
                 for batch in source:
                     if streamed:
-                        batch = tuple(t if i in self.host_fields else t.to(self.device, non_blocking=True)
-                                      for i, t in enumerate(batch))
+                        batch = place_batch(batch, train, self.host_fields, self.device)
                     lr_used = opt.param_groups[0]["lr"]
                     with self.autocast():
                         loss = self.loss_fn(self.net, batch)
@@ -402,7 +403,7 @@ class Trainer:
 
 
 def check_split(name: str, tensors: tuple[torch.Tensor, ...]) -> int:
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+    if not tensors or not all(isinstance(t, (torch.Tensor, MappedRows)) for t in tensors):
         raise DatasetError(f"{name} split: expected a non-empty tuple of tensors")
     n = len(tensors[0])
     if n == 0 or any(len(t) != n for t in tensors):

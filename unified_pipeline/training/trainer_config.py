@@ -43,6 +43,7 @@ class TrainerConfig:
     metric: str = "accuracy"
     higher_is_better: bool = True
     loader_threshold_bytes: int = 512 * 2**20  # bigger datasets stream through a pinned DataLoader
+    loader_workers: int = 2  # DataLoader processes reading shards from disk when streaming (0: in-process)
     optimizer: str = "adamw"  # one of OPTIMIZERS
 
     @classmethod
@@ -63,7 +64,7 @@ class TrainerConfig:
             ("grad_clip", self.grad_clip >= 0), ("precision", self.precision in PRECISIONS),
             ("early_stopping_patience", self.early_stopping_patience >= 0),
             ("checkpoint_interval", self.checkpoint_interval >= 0), ("keep_last", self.keep_last >= 1),
-            ("optimizer", self.optimizer in OPTIMIZERS),
+            ("optimizer", self.optimizer in OPTIMIZERS), ("loader_workers", self.loader_workers >= 0),
         ]
         for name, ok in checks:
             if not ok:

@@ -1,0 +1,185 @@
+"""`make bench` section `scale`: the image and audio lanes at 1x, 10x and 100x the sample size.
+
+Per size: files/s of the tensors step with one core and with every core (empty cache), the
+torchvision ImageFolder + DataLoader(num_workers=2) reference reading the same images, peak
+RSS of the tensors step and of one streamed training epoch, and the rebuild after one file
+changed against the full build. Every measured step runs in its own process so its peak RSS
+(ru_maxrss; its worker processes reported apart) is its own.
+
+Env: SCALE_IMAGE_FACTORS (default 1,10,100), SCALE_AUDIO_FACTORS (default 1,10),
+SCALE_ONE_CORE_UPTO (largest factor also built on one core; default 10).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import save
+
+STEP_TIMEOUT_S = 3600
+
+
+def _peaks() -> dict:
+    return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def _step(name: str, env: dict, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.scale", name, *args], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    if out.returncode != 0:
+        raise RuntimeError(f"scale step {name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- steps (each in a fresh process) ---------------------------------------------------------
+
+def step_manifest(root: str, kind: str) -> dict:
+    from unified_pipeline.assets.data_assets import build_manifest
+    from unified_pipeline.datasets import DatasetRef
+
+    t0 = time.perf_counter()
+    version, df, path = build_manifest(DatasetRef(Path(root).name, kind, Path(root)), {})
+    return {"seconds": time.perf_counter() - t0, "version": version, "manifest": str(path), "rows": len(df)}
+
+
+def step_tensors(root: str, kind: str, manifest: str, version: str) -> dict:
+    from unified_pipeline.assets.data_assets import build_tensors
+    from unified_pipeline.datasets import DatasetRef
+
+    t0 = time.perf_counter()
+    folder, reused = build_tensors(DatasetRef(Path(root).name, kind, Path(root)), Path(manifest), version, {})
+    secs = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    return {"seconds": secs, "folder": str(folder), "bytes": size, **_peaks()}
+
+
+def step_epoch(folder: str) -> dict:
+    import torch
+
+    from unified_pipeline.datasets.base import TensorBundle
+    from unified_pipeline.models import vision_cnn
+    from unified_pipeline.training.classification import classification_metric_fn, cross_entropy_loss
+    from unified_pipeline.training.trainer import Trainer, TrainerConfig
+
+    torch.set_num_threads(1)  # the machine's other core serves the loader workers
+    bundle = TensorBundle.load(folder, in_memory_bytes=0)  # kept on disk at every size: the bounded path
+    train, val = bundle.split("train"), bundle.split("val")
+    model = vision_cnn.build(bundle.meta, {"widths": [8, 16]})
+    cfg = TrainerConfig(epochs=1, batch_size=256, loader_threshold_bytes=0, loader_workers=2, checkpoint_interval=0)
+    trainer = Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn, checkpoint_dir=None)
+    t0 = time.perf_counter()
+    summary = trainer.fit((train["x"], train["y"]), (val["x"], val["y"]))
+    return {"seconds": time.perf_counter() - t0, "samples_per_s": summary.samples_per_s,
+            "val_accuracy": summary.best_metric, "train_rows": len(train["y"]), **_peaks()}
+
+
+def step_torchvision(root: str) -> dict:
+    import torch
+    from torchvision import datasets, transforms
+
+    torch.set_num_threads(1)
+    data = datasets.ImageFolder(root, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(data, batch_size=256, num_workers=2)
+    t0 = time.perf_counter()
+    n = sum(len(y) for _x, y in loader)
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "files": n, "files_per_s": n / secs, **_peaks()}
+
+
+STEPS = {"manifest": step_manifest, "tensors": step_tensors, "epoch": step_epoch, "torchvision": step_torchvision}
+
+
+# ---- the section ------------------------------------------------------------------------------
+
+def _factors(name: str, default: str) -> list[int]:
+    return [int(v) for v in os.environ.get(name, default).split(",") if v.strip()]
+
+
+def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int) -> list[dict]:
+    from bench.scale_data import audio_lane, image_lane
+
+    root = tmp / f"{kind}_x{factor}"
+    t0 = time.perf_counter()
+    n = image_lane(root, factor) if kind == "vision" else audio_lane(root, factor, tmp)
+    print(f"{kind} x{factor}: {n} files written in {time.perf_counter() - t0:.0f}s", flush=True)
+    home = {"UNIFIED_HOME": str(tmp / f"home_{kind}_{factor}")}
+    man = _step("manifest", home, str(root), kind)
+    full = _step("tensors", home, str(root), kind, man["manifest"], man["version"])
+    rows = [_row(kind, factor, n, "manifest (hash + read every file, one process)", man["seconds"]),
+            _row(kind, factor, n, "tensors step, all cores, empty cache", full["seconds"], full)]
+    if factor <= one_core_upto:
+        one = _step("tensors", {"UNIFIED_HOME": str(tmp / f"home1_{kind}_{factor}"), "UNIFIED_DECODE_WORKERS": "1"},
+                    str(root), kind, man["manifest"], man["version"])
+        rows.append(_row(kind, factor, n, "tensors step, one core, empty cache", one["seconds"], one))
+    if kind == "vision":
+        ref = _step("torchvision", {}, str(root))
+        rows.append(_row(kind, factor, n, "torchvision ImageFolder + DataLoader(num_workers=2)", ref["seconds"], ref))
+    _change_one(sorted(root.rglob("*.png" if kind == "vision" else "*.wav"))[n // 2])
+    man2 = _step("manifest", home, str(root), kind)
+    again = _step("tensors", home, str(root), kind, man2["manifest"], man2["version"])
+    rows.append(_row(kind, factor, n, "manifest after one file changed", man2["seconds"]))
+    rows.append(_row(kind, factor, n, "tensors step after one file changed", again["seconds"], again,
+                     note=f"{again['seconds'] / full['seconds']:.1%} of the full build"))
+    if kind == "vision":
+        ep = _step("epoch", {"UNIFIED_TENSORS_IN_MEMORY_BYTES": "0"}, full["folder"])
+        rows.append(_row(kind, factor, n, "one training epoch, streamed from shards", ep["seconds"], ep,
+                         note=f"{ep['samples_per_s']:.0f} samples/s, val acc {ep['val_accuracy']:.3f}"))
+    return rows
+
+
+def _change_one(path: Path) -> None:
+    """New content for one file: the image inverted, the clip at half the level."""
+    if path.suffix == ".png":
+        from PIL import Image, ImageOps
+
+        with Image.open(path) as im:
+            ImageOps.invert(im.convert("RGB")).save(path)
+    else:
+        import soundfile as sf
+
+        wave, rate = sf.read(path, dtype="float32")
+        sf.write(path, wave * 0.5, rate, subtype="PCM_16")
+
+
+def _row(kind: str, factor: int, files: int, stage: str, secs: float, peaks: dict | None = None, note: str = "") -> dict:
+    print(f"{kind} {factor}x {stage}: {secs:.1f}s {json.dumps(peaks or {})[:300]} {note}", flush=True)
+    return {"lane": kind, "size": f"{factor}x", "files": files, "stage": stage, "seconds": secs,
+            "files_per_s": files / secs if secs > 0 else None,
+            "peak_rss_mb": (peaks or {}).get("rss_mb"), "workers_peak_rss_mb": (peaks or {}).get("workers_rss_mb"),
+            "note": note}
+
+
+def run() -> list[dict]:
+    one_core_upto = int(os.environ.get("SCALE_ONE_CORE_UPTO", "10"))
+    rows: list[dict] = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        for kind, factors in (("vision", _factors("SCALE_IMAGE_FACTORS", "1,10,100")),
+                              ("audio", _factors("SCALE_AUDIO_FACTORS", "1,10"))):
+            for factor in factors:
+                rows += _lane(kind, factor, Path(tmp), one_core_upto)
+                save("scale", rows, _notes(load_before))  # a long run leaves its finished sizes behind
+    save("scale", rows, _notes(load_before))
+    return rows
+
+
+def _notes(load_before: tuple) -> str:
+    return (f"Images: 32x32 RGB PNGs; audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
+             f"seconds of the stage (the tensors step reads the manifest, decodes, fills the cache and "
+             f"writes shards). Peak RSS in MB of the step's process; worker processes apart (ru_maxrss of children, which "
+            f"on Linux keeps the parent's pages at fork, so it overstates a worker's own use). Load average "
+             f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in STEPS:
+        print(json.dumps(STEPS[sys.argv[1]](*sys.argv[2:])), flush=True)
+    else:
+        run()

@@ -1,0 +1,101 @@
+"""The <dataset>/<class>/<file> layout shared by the image and audio kinds (torchvision's
+ImageFolder layout): detecting it, checking it with errors that name the folder or file,
+the manifest columns every sample has, and the data version of a manifest.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from unified_pipeline import hashing
+from unified_pipeline.errors import DatasetError
+from unified_pipeline.paths import inside
+
+
+def sample_path(root: Path, rel: str) -> Path:
+    """`root/rel`, refusing a manifest path that leads outside the dataset folder (.., absolute, links out)."""
+    try:
+        return inside(root, rel)
+    except ValueError as exc:
+        raise DatasetError(f"{root}: manifest path {str(rel)!r} is outside the dataset folder") from exc
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_extension_files(root: Path, extensions: tuple[str, ...]) -> bool:
+    for cls in _visible_dirs(root):
+        for p in cls.rglob("*"):
+            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
+                return True
+    return False
+
+
+def detect_class_folders(root: Path, extensions: tuple[str, ...]) -> bool:
+    """Cheap layout test: at least one class sub-folder holding files with these extensions."""
+    root = Path(root)
+    return root.is_dir() and _has_extension_files(root, extensions)
+
+
+def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], what: str) -> list[str]:
+    """Relative paths of the samples in a <class>/<file> layout, after checking the layout.
+
+    Raises DatasetError naming the folder or file when nothing could be checked: no files,
+    files at top level, an empty class folder or a file type the kind cannot read.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    if not file_hashes:
+        raise DatasetError(f"{root}: dataset folder holds no files (expected <class>/<{what}> sub-folders)")
+    top_level = sorted(rel for rel in file_hashes if "/" not in rel)
+    if top_level:
+        raise DatasetError(
+            f"{root}: file(s) {top_level[:5]} sit at top level; put each {what} in a class folder "
+            f"(<dataset>/<class>/<{what}>)"
+        )
+    per_class = Counter(rel.split("/", 1)[0] for rel in file_hashes)
+    for cls in _visible_dirs(root):
+        if per_class.get(cls.name, 0) == 0:
+            raise DatasetError(f"{cls}: class folder is empty")
+    unknown = sorted(rel for rel in file_hashes if Path(rel).suffix.lower() not in extensions)
+    if unknown:
+        raise DatasetError(
+            f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
+            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
+        )
+    for rel in file_hashes:
+        sample_path(root, rel)
+    return sorted(file_hashes)
+
+
+def base_row(root: Path, rel: str, sha256: str) -> dict:
+    return {
+        "sample_id": rel,
+        "path": rel,
+        "label": rel.split("/", 1)[0],
+        "sha256": sha256,
+        "size": (Path(root) / rel).stat().st_size,
+        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
+        "decodable": True,
+        "error": None,
+    }
+
+
+def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:
+    bad = manifest[~manifest["decodable"].astype(bool)]
+    if len(bad):
+        names = [f"{p} ({e})" for p, e in zip(bad["path"].head(5), bad["error"].head(5))]
+        raise DatasetError(
+            f"{root}: {len(bad)} file(s) cannot be decoded: {'; '.join(names)}",
+            hint="fix or remove them; the manifest quality check lists all of them",
+        )
+
+
+def data_version(manifest: pd.DataFrame) -> str:
+    """Same digest as hashing.dataset_version when the manifest covers every file of the folder."""
+    pairs = sorted(zip(manifest["path"], manifest["sha256"]))
+    return hashing.combine(f"{rel}:{digest}" for rel, digest in pairs)

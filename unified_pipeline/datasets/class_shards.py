@@ -1,0 +1,205 @@
+"""Building the tensors of a class-folder dataset (images, clips) shard by shard, in bounded memory.
+
+Per split, rows keep the manifest's order and are cut into shards of at most SHARD_BYTES. A
+shard is named by a digest of what it holds (each sample's cache key and label), so:
+- an unchanged shard is taken from an earlier tensors folder of the dataset (a hard link)
+  without decoding or reading anything but its header (which keeps its statistics);
+- a shard to write takes its samples from the preprocessing cache and decodes only the
+  misses, on every core (decode_workers);
+- memory holds one shard of rows and a bounded window of decoded tasks, whatever the size.
+Normalisation statistics are sums per shard (float64), combined at the end over the train
+split, so they never require the whole split in memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unified_pipeline import hashing
+from unified_pipeline.datasets.base import TensorBundle
+from unified_pipeline.datasets.class_folders import sample_path
+from unified_pipeline.datasets.decode_workers import decode_all
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key
+from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
+                                              write_index, write_shard)
+from unified_pipeline.datasets.splits import SPLITS, assign_splits
+from unified_pipeline.errors import DatasetError
+from unified_pipeline.step_progress import track
+
+
+@dataclass
+class Codec:
+    """What a kind contributes: how to decode a list of files and what one decoded row is."""
+
+    kind: str
+    settings: dict[str, Any]  # everything the decoded bytes depend on (JSON), part of the cache key
+    decode: Callable  # decode(root, rels, *extra) -> [(array, aux)], module-level (pickled to workers)
+    extra: tuple
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+    stats: Callable[[np.ndarray], dict[str, list[float]]]  # additive sums over a shard's rows
+    aux_field: str | None = None  # e.g. "lengths": the aux int of each row, as int64
+
+
+@dataclass
+class BuildReport:
+    shards_reused: int = 0
+    shards_written: int = 0
+    decoded: int = 0
+    cached: int = 0
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    index: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, out: Path,
+                        reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None,
+                        code: str = "") -> BuildReport:
+    """Shards + shards.json into `out` (a folder the caller renames into place when complete)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cache = default_cache() if cache is None else cache
+    settings_digest = hashing.combine([codec.kind, json.dumps(codec.settings, sort_keys=True), code])
+    keys = [entry_key(sha, settings_digest) for sha in manifest["sha256"]]
+    classes = sorted(manifest["label"].unique())
+    labels = np.array([classes.index(c) for c in manifest["label"]], dtype=np.int64)
+    splits = assign_splits(manifest, cfg)
+    sample_ids = manifest["sample_id"].to_numpy()
+    per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)
+    report, plan, index = BuildReport(), [], {}
+    for split in SPLITS:
+        sel = np.flatnonzero(splits == split)
+        report.counts[split] = int(len(sel))
+        report.samples[split] = sample_ids[sel].tolist()
+        entries = []
+        for n, start in enumerate(range(0, len(sel), per_shard)):
+            rows = sel[start:start + per_shard]
+            digest = hashing.combine([settings_digest, *(f"{keys[i]}:{labels[i]}" for i in rows)])
+            name = shard_name(split, n, digest)
+            entries.append({"file": name, "rows": int(len(rows))})
+            if _link_earlier(name, out, reuse_from or []):
+                report.shards_reused += 1
+            else:
+                plan.append((split, n, rows, digest))
+        index[split] = entries
+    _write_planned(codec, root, manifest, keys, labels, plan, out, cache, report, cfg)
+    for split, entries in index.items():
+        for e in entries:
+            stats = shard_stats(out / e["file"])
+            if split == "train" or not report.counts.get("train"):
+                for k, v in stats.items():
+                    report.stats[k] = report.stats.get(k, 0) + np.asarray(v, dtype=np.float64)
+    report.index = index
+    cache.prune()
+    return report
+
+
+def write_class_index(out: Path, codec: Codec, report: BuildReport, decode: dict) -> None:
+    """shards.json, once the statistics (and so the decoding of `x`) are known."""
+    fields = {"x": torch.empty((0, *codec.row_shape), dtype=_torch_dtype(codec.dtype)),
+              "y": torch.empty(0, dtype=torch.int64)}
+    if codec.aux_field:
+        fields[codec.aux_field] = torch.empty(0, dtype=torch.int64)
+    write_index(out, {split: {"fields": field_specs(fields, {"x": decode}, split), "shards": entries}
+                      for split, entries in report.index.items()})
+
+
+def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[str], labels: np.ndarray,
+                   plan: list, out: Path, cache: PreprocessCache, report: BuildReport, cfg) -> None:
+    needed = [i for _, _, rows, _ in plan for i in rows]
+    have = cache.present({keys[i] for i in needed})
+    misses, seen = [], set()
+    for i in needed:
+        if keys[i] not in have and keys[i] not in seen:
+            seen.add(keys[i])
+            misses.append(i)
+    report.decoded, report.cached = len(misses), len(needed) - len(misses)
+    rels = files_inside(root, manifest["path"].to_numpy()[misses].tolist())
+    decoded = decode_all(codec.decode, root, rels, codec.extra)
+    decoded = iter(track(decoded, f"decoding {root.name}", total=len(misses), log=getattr(cfg, "log", None),
+                         unit="file"))
+    last_use = {keys[i]: p for p, (_, _, rows, _) in enumerate(plan) for i in rows}
+    fresh: dict[str, tuple[np.ndarray, int]] = {}
+    order = iter(misses)
+    for p, (split, n, rows, digest) in enumerate(plan):
+        want = {keys[i] for i in rows}
+        got = cache.get_many(sorted(want - fresh.keys()))
+        new = []
+        missing = want - got.keys() - fresh.keys()
+        while missing:
+            i = next(order, None)
+            if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
+                lost = [j for j in rows if keys[j] in missing]
+                for j, value in zip(lost, codec.decode(str(root), [manifest["path"].iloc[j] for j in lost], *codec.extra)):
+                    fresh[keys[j]] = value
+                break
+            fresh[keys[i]] = next(decoded)
+            missing.discard(keys[i])
+            new.append((keys[i], *fresh[keys[i]]))
+        cache.put_many(new)
+        got.update(fresh)
+        x = np.stack([got[keys[i]][0] for i in rows])
+        tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(labels[rows].copy())}
+        if codec.aux_field:
+            tensors[codec.aux_field] = torch.tensor([got[keys[i]][1] for i in rows], dtype=torch.int64)
+        stats = {k: [float(v) for v in np.atleast_1d(s)] for k, s in codec.stats(x).items()}
+        write_shard(out, split, n, tensors, stats=stats, digest=digest)
+        report.shards_written += 1
+        for k in want:
+            if last_use[k] == p:
+                fresh.pop(k, None)
+
+
+def files_inside(root: Path, rels: list[str]) -> list[str]:
+    """The manifest paths, refusing one that leads outside the dataset folder (as class_folders.
+    sample_path does; one realpath per file, since a big lane has many)."""
+    base = os.path.realpath(root)
+    for rel in rels:
+        full = os.path.realpath(os.path.join(base, rel))
+        if not full.startswith(base + os.sep):
+            sample_path(root, rel)  # raises the DatasetError naming the file
+            raise DatasetError(f"{root}: manifest path {rel!r} is outside the dataset folder")
+    return rels
+
+
+def _link_earlier(name: str, out: Path, earlier: list[Path]) -> bool:
+    for folder in earlier:
+        src = folder / name
+        if src.is_file():
+            try:
+                os.link(src, out / name)
+            except OSError:  # another file system: a copy still saves the decoding
+                shutil.copy2(src, out / name)
+            return True
+    return False
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
+def earlier_folders(out: Path, limit: int = 8) -> list[Path]:
+    """Finished tensors folders of the same dataset, newest first (sources of unchanged shards)."""
+    parent = Path(out).parent
+    if not parent.is_dir():
+        return []
+    found = [p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and p != out]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+
+
+def in_memory(kind, root: Path, manifest: pd.DataFrame, cfg) -> TensorBundle:
+    """kind.write_tensors into a temporary folder, loaded whole (no cache: nothing outside is written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tensors"
+        kind.write_tensors(root, manifest, cfg, out, cache=PreprocessCache(None))
+        return TensorBundle.load(out, in_memory_bytes=sys.maxsize)

@@ -1,0 +1,130 @@
+"""Per-file decoding for the class-folder kinds, run in worker processes (or in-process).
+
+Each task is a list of files; a worker keeps what costs to set up (torchaudio's MelSpectrogram
+and one Resample per source rate) for its whole life. Decoding runs torch on one thread per
+process: the per-clip operations are tiny, and several intra-op threads on a busy machine spend
+far longer waiting for each other than computing (measured: 21 ms against 0.06 ms to resample
+one 1 s clip from 8 to 16 kHz on two shared cores). Workers import nothing heavy until needed,
+so starting them costs little.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+LOG_OFFSET = 1e-6
+TASK_FILES = 64  # files per task: amortises the inter-process hop, keeps results small
+POOL_FROM = 256  # fewer files than this decode in-process (starting workers costs more)
+IN_FLIGHT_PER_WORKER = 3
+_WORKER: dict = {}
+
+
+def worker_count(requested: int | None = None) -> int:
+    if requested:
+        return max(1, int(requested))
+    env = os.environ.get("UNIFIED_DECODE_WORKERS")
+    return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already
+    _WORKER["pool"] = True
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block (in-process decoding), restored afterwards."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch and before:
+            torch.set_num_threads(before)
+
+
+def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and (im.height, im.width) != size:
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def decode_images(root: str, rels: list[str], mode: str, size: tuple[int, int] | None) -> list[tuple[np.ndarray, int]]:
+    return [(load_image(Path(root) / rel, mode, size), 0) for rel in rels]
+
+
+def decode_clips(root: str, rels: list[str], sample_rate: int, max_samples: int,
+                 mel: dict) -> list[tuple[np.ndarray, int]]:
+    """log-mel float16 [n_mels, T] per clip with NaN in the padded frames, and its valid frames."""
+    import torch
+    import torchaudio
+
+    from unified_pipeline.datasets.audio import load_clip, valid_frames
+
+    if _WORKER.get("pool") and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    key = tuple(sorted(mel.items()))
+    if _WORKER.get("mel_key") != key:
+        _WORKER["mel"] = torchaudio.transforms.MelSpectrogram(**mel)
+        _WORKER["mel_key"] = key
+    resamplers = _WORKER.setdefault(("resample", sample_rate), {})
+    waves = torch.zeros(len(rels), max_samples)
+    lengths = []
+    for i, rel in enumerate(rels):
+        wave = load_clip(Path(root) / rel, sample_rate, max_samples, resamplers)
+        waves[i, : wave.shape[0]] = wave
+        lengths.append(valid_frames(int(wave.shape[0]), mel["hop_length"]))
+    with torch.no_grad():
+        feats = torch.log(_WORKER["mel"](waves) + LOG_OFFSET)
+    out = []
+    for f, n in zip(feats, lengths):
+        n = min(n, f.shape[-1])
+        f = f.to(torch.float16)
+        f[:, n:] = float("nan")
+        out.append((f.numpy(), n))
+    return out
+
+
+def _run(args: tuple) -> list[tuple[np.ndarray, int]]:
+    fn, root, rels, extra = args
+    return fn(root, rels, *extra)
+
+
+def decode_all(fn: Callable, root: Path, rels: list[str], extra: tuple, workers: int | None = None
+               ) -> Iterator[tuple[np.ndarray, int]]:
+    """fn(root, files, *extra) over all files, in order, on every core when there are enough files."""
+    tasks = [(fn, str(root), rels[i:i + TASK_FILES], extra) for i in range(0, len(rels), TASK_FILES)]
+    n = worker_count(workers)
+    if n == 1 or len(rels) < POOL_FROM:
+        for task in tasks:
+            with one_thread():
+                part = _run(task)
+            yield from part
+        return
+    import multiprocessing as mp
+
+    # spawn: the step process may hold threads (Dagster, torch), which fork does not copy safely
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        pending: deque = deque()
+        todo = iter(tasks)
+        for task in todo:  # a bounded window of tasks in flight: results never pile up in memory
+            pending.append(pool.submit(_run, task))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * n:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
