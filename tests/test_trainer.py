@@ -229,6 +229,7 @@ def test_fit_classifier_writes_artefacts(tmp_path):
     res = fit_classifier(job, model, data, classes=["a", "b", "c"], extra={"dataset": "toy"},
                          baseline={"accuracy": 0.33}, baseline_name="majority")
     out = tmp_path / "out"
+    res.write(out)  # as the pipeline does after every fit
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baseline"] == {"accuracy": 0.33}
     assert set(metrics["test"]) >= {"loss", "accuracy", "macro_f1"}
