@@ -26,6 +26,8 @@ def _texts(n=256, seed=0):
 
 
 def test_features_are_unit_length_case_folded_and_ignore_padding():
+    # Case folds; spaces and punctuation are word boundaries, as padding is.
+    assert case_fold_table(["<pad>", "<unk>", "a", "A", ".", " ", "("]).tolist() == [0, 1, 2, 2, 0, 0, 0]
     part = HashedTfidfLinear(7, 2, 4096)
     part.fold.copy_(case_fold_table(META["vocab"]))
     x, _ = _texts(16)

@@ -20,10 +20,17 @@ PAD = 0
 
 
 def case_fold_table(vocab: Sequence[str]) -> torch.Tensor:
-    """Token id -> id of its lower-case form (itself when that form is not in the vocabulary)."""
+    """Token id -> id of its lower-case form (itself when that form is not in the vocabulary);
+    spaces, punctuation and symbols -> the boundary (padding id). Features are then those of the
+    words, as the baseline's word-bounded n-grams, and "(drei)", "drei." and "Drei" share them."""
     index = {tok: i for i, tok in enumerate(vocab)}
-    return torch.tensor([index.get(tok.lower(), i) if len(tok) == 1 else i for i, tok in enumerate(vocab)],
-                        dtype=torch.long)
+
+    def folded(i: int, tok: str) -> int:
+        if len(tok) != 1:
+            return i  # <pad>, <unk>
+        return index.get(tok.lower(), i) if tok.isalnum() else PAD
+
+    return torch.tensor([folded(i, tok) for i, tok in enumerate(vocab)], dtype=torch.long)
 
 
 class HashedTfidfLinear(nn.Module):
