@@ -44,7 +44,7 @@ def run() -> list[dict]:
     hparams = preset.hparams(scenario, "adaptive_learning_controller")
     # As the pipeline does: each lane starts from that model's own resolved preset.
     hparams["advised_presets"] = {m: {k: v for k, v in preset.hparams(scenario, m).items()
-                                      if k not in NON_SEMANTIC_HPARAMS} for m in alc.CONTROLLED}
+                                      if k not in NON_SEMANTIC_HPARAMS} for m in alc.controlled()}
     with tempfile.TemporaryDirectory() as tmp:
         job = FitJob("adaptive_learning_controller", bundles, {}, hparams, "cpu", Path(tmp) / "ckpt",
                      Path(tmp) / "out", seed=0, log=logging.getLogger("bench.controller"))

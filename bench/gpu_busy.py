@@ -32,12 +32,10 @@ def tensors_dir(dataset: str):
 
 
 def build(name: str, meta: dict, hp: dict):
-    import importlib
-
     from unified_pipeline.models.registry import MODELS as REGISTRY
 
-    module = importlib.import_module(REGISTRY[name].module)
-    return module.build(meta, {**module.DEFAULTS, **hp})
+    spec = REGISTRY[name].spec()
+    return spec.build(meta, spec.resolve(hp))
 
 
 def busy_fraction(name: str, dataset: str, batch: int, steps: int = 60) -> dict:

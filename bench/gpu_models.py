@@ -13,7 +13,6 @@ the same device just before. The causal engine keeps NOTEARS on the CPU by choic
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import tempfile
@@ -83,7 +82,7 @@ def fit_once(name: str, device: str, datasets: dict, upstream: dict, epochs: int
     from unified_pipeline.devices import bind_device
     from unified_pipeline.training.job import FitJob
 
-    module = importlib.import_module(MODELS[name].module)
+    spec = MODELS[name].spec()
     out = work / device.replace(":", "") / name
     job = FitJob(model=name, datasets=datasets, upstream=upstream, hparams=hparams(name, epochs), device=device,
                  checkpoint_dir=work / "ckpt" / device.replace(":", "") / name, out_dir=out, seed=0,
@@ -94,7 +93,7 @@ def fit_once(name: str, device: str, datasets: dict, upstream: dict, epochs: int
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = module.fit(job)
+    result = spec.fit(job)
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,14 @@ def test_preset_roots_that_are_not_in_use_are_named(home, tmp_path, capsys):
     assert "data_configuration.data_root '/srv/my_data' is ignored: this run uses" in err
     assert "set UNIFIED_DATA=/srv/my_data to use that folder" in err
     assert "output_root" not in err  # the folder in use: nothing to say
+
+
+def test_misspelt_preset_setting_fails_before_dagster_starts(lanes, tmp_path, monkeypatch, capsys):
+    preset = json.loads((Path(__file__).resolve().parents[1] / "presets" / "training_preset.json").read_text())
+    preset["model_specific_presets"]["vision_service"] = {"learnig_rate": 0.01}
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(path))
+    assert main(["train", "--preset", "vision_focus", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "model_specific_presets.vision_service: ['learnig_rate']" in err and "'learning_rate'" in err

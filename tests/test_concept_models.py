@@ -64,7 +64,7 @@ def test_environment_simulator_beats_copy_and_simulates(tmp_path):
     assert test["spring/rollout_windows_h10"] > 0 and "spring/rollout_mse_h10" in test
     assert test["rollout_mse_h10"] == test["spring/rollout_mse_h10"] < result.metrics["baseline"]["rollout_mse_h10"]
     assert 0.8 <= test["reward_calibration_90"] <= 0.99  # neither collapsed nor covering everything
-    assert (tmp_path / "out" / "metrics.json").exists() and result.plots
+    assert (tmp_path / "out" / "config.json").exists() and result.plots
 
     model = BaseModel.load(tmp_path / "out")
     rollout = E.simulate(model, bundle.tensors["test/state"][:4], torch.zeros(4, 7, 1))

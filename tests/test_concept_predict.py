@@ -174,6 +174,7 @@ def test_alpha_predict_finds_record_and_feedback(home, tmp_path, memory_model):
     _register("alpha_deep_model", folder)
     actions = bundle.meta["action_vocab"]
     test_ids = bundle.sidecars["records"]["test"]
+    by_id_all = {r["source_memory_id"]: r for r in records}
     rec = next(r for r in records if r["source_memory_id"] == test_ids[0])
     got = _predict("alpha_deep_model", [json.dumps(rec)], top=3)[json.dumps(rec)]
     assert [label for label, _ in got[3:]] == [f"reward if {rec['action_feedback']['action']}",
@@ -181,7 +182,18 @@ def test_alpha_predict_finds_record_and_feedback(home, tmp_path, memory_model):
     (first, sim), *others = got[:3]
     assert first == rec["source_memory_id"] and sim == pytest.approx(1.0, abs=1e-5)
     assert all(s <= sim for _, s in others) and len({first, *(i for i, _ in others)}) == 3
-    assert 0.0 <= got[4][1] <= 1.0
+    # Every held-out record, read from a file as a user would pass it, gets exactly the feedback the
+    # model gives its stored int8 code for the action taken (not a fixed or default answer).
+    every = tmp_path / "test_records.jsonl"
+    every.write_text("\n".join(json.dumps(by_id_all[i]) for i in test_ids) + "\n")
+    told = list(_predict("alpha_deep_model", [str(every)], top=1).values())
+    model = BaseModel.load(folder)
+    test = bundle.split("test")
+    want = A.predict_feedback(model, A.quantise(A.encode(model, test)), test["action"])
+    assert [label for label, _ in told[0][1:]] == [f"{k} if {by_id_all[test_ids[0]]['action_feedback']['action']}"
+                                                  for k in ("reward", "success")]
+    torch.testing.assert_close(torch.tensor([[p[1][1], p[2][1]] for p in told]), want.cpu(), atol=1e-5, rtol=0)
+    assert want[:, 1].std() > 0.01  # the answers differ from record to record
 
     # A partial recollection: the first words of the summary and the modalities, nothing else.
     hits = 0

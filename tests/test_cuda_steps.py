@@ -56,7 +56,7 @@ def _alpha_case():
     from test_concept_models import _memory_bundle
 
     bundle = _memory_bundle(n=600)
-    hp = {**A.DEFAULTS, "hidden": 32, "embed_dim": 16}
+    hp = {**A.SPEC.defaults(), "hidden": 32, "embed_dim": 16}
     model = A.AlphaDeepModel(A._config_from("memory", bundle, hp))
     train = A._tensors("memory", bundle, "train")
     return model, A.make_loss(hp), A.make_metric(hp, train[4].mean(0)), train, "selection_score", True

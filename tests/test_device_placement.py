@@ -84,7 +84,7 @@ def test_alpha_recall_is_computed_in_fp32_under_bf16_autocast():
     from unified_pipeline.models import alpha_deep_model as A
 
     bundle = _memory_bundle()
-    hp = {**A.DEFAULTS, "hidden": 32, "embed_dim": 16}
+    hp = {**A.SPEC.defaults(), "hidden": 32, "embed_dim": 16}
     torch.manual_seed(0)
     model = A.AlphaDeepModel(A._config_from("memory", bundle, hp)).eval()
     test = A._tensors("memory", bundle, "test")

@@ -71,7 +71,6 @@ def test_distilled_student_beats_the_same_student_without_teacher(tmp_path):
     assert result.notes["baseline_name"] == audio_student.BASELINE_NAME
     assert result.param_count < BaseModel.load(teacher).num_parameters()
     out = tmp_path / "out"
-    assert json.loads((out / "metrics.json").read_text())["baseline"]["accuracy"] == alone
     assert len(json.loads((out / "baseline_history.json").read_text())) == 8
     # The saved student reloads and predicts like the trained one.
     student = BaseModel.load(out)

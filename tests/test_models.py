@@ -207,7 +207,7 @@ def test_vision_fit_and_predict(vision_model, images):
     result, out = vision_model
     _, files = images
     assert result.metrics["test"]["accuracy"] >= 0.8  # chance is 1/3
-    assert (out / "weights.safetensors").exists() and (out / "metrics.json").exists()
+    assert (out / "weights.safetensors").exists() and (out / "config.json").exists()
     paths = [files[label][0] for label in DIGITS]
     preds = vision_cnn.predict(out, paths)
     _check_predictions(preds, 3, DIGITS)
@@ -267,6 +267,7 @@ def test_multimodal_fit_reuses_frozen_encoders(work, images, clips, numbers, vis
     by_side = {k: v for k, v in result.metrics["test"].items() if k.startswith("accuracy_")}
     assert set(by_side) == {"accuracy_all_sides_match", "accuracy_only_vision_differs",
                             "accuracy_only_audio_differs", "accuracy_only_text_differs"}
+    result.write(job.out_dir)  # as the pipeline does after fit
     assert json.loads((job.out_dir / "metrics.json").read_text())["test"]["accuracy_only_text_differs"] == \
         by_side["accuracy_only_text_differs"]
     # The from-scratch twin trains too (an untrained one scores 1/2), and reuse does at least as well.

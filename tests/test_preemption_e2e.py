@@ -174,7 +174,7 @@ def test_retry_count_and_backoff_come_from_the_preset(tmp_path, monkeypatch):
     assert (policy.max_retries, policy.delay, policy.backoff) == (3, 5, Backoff.EXPONENTIAL)
 
 
-def test_errors_other_than_preemption_are_not_retried(home):
+def test_errors_other_than_preemption_are_not_retried(home, tmp_path, monkeypatch):
     from dagster import AssetKey, DagsterEventType, DagsterInstance, RetryPolicy, asset, materialize
 
     from unified_pipeline.assets.json_io import JsonIOManager
@@ -185,15 +185,18 @@ def test_errors_other_than_preemption_are_not_retried(home):
     def tensors():
         return {"path": str(home / "never_read")}
 
+    preset = json.loads((ROOT / "presets" / "training_preset.json").read_text())
+    preset["model_specific_presets"][MODEL] = {"no_such_setting": 1}
+    (tmp_path / "bad_preset.json").write_text(json.dumps(preset))
+    monkeypatch.setenv("UNIFIED_PRESET", str(tmp_path / "bad_preset.json"))
     model = model_asset(MODELS[MODEL], ["tiny_text"], retry_policy=RetryPolicy(max_retries=3))
     with DagsterInstance.ephemeral() as instance:
         result = materialize([tensors, model], instance=instance, resources={"io_manager": JsonIOManager()},
-                             run_config={"ops": {MODEL: {"config": {"hparams": {"no_such_setting": 1}}}}},
                              raise_on_error=False)
     assert not result.success
     events = [e for e in result.all_events if e.step_key == MODEL]
     assert not [e for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     (failure,) = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
-    # One line naming the refused key, as the step reports a refused run config setting.
-    assert failure.step_failure_data.user_failure_data.description.startswith(
-        f"{MODEL}: run config hparams ['no_such_setting'] are not settings of this model")
+    # One line naming the refused key, as the step reports a refused setting.
+    assert f"model_specific_presets.{MODEL}: ['no_such_setting'] are not settings of this model" in \
+        failure.step_failure_data.user_failure_data.description

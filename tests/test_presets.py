@@ -124,3 +124,28 @@ def test_bad_registry_settings_name_the_field(tmp_path, change, message):
     bad["training_configuration"].update(change)
     with pytest.raises(ConfigError, match=message):
         load_preset(write(tmp_path, bad))
+
+
+@pytest.mark.parametrize("section, where", [
+    ({"model_specific_presets": {"vision_service": {"learnig_rate": 0.1}}}, "model_specific_presets.vision_service"),
+    ({"model_instances": {"vision_b": {"architecture": "vision_service", "hparams": {"dropuot": 0.1}}}},
+     "model_instances.vision_b.hparams"),
+])
+def test_misspelt_model_setting_is_refused_with_file_section_and_suggestion(tmp_path, section, where):
+    from unified_pipeline.models.registry import MODELS, reset_instances
+    from unified_pipeline.presets import check_model_settings
+
+    path = write(tmp_path, {**ORIGINAL, **section})
+    try:
+        preset = load_preset(path)
+        with pytest.raises(ConfigError, match=rf"{path}: {where}: \[.*valid: .*did you mean"):
+            check_model_settings(preset, list(MODELS), path)
+    finally:
+        reset_instances()
+
+
+def test_project_preset_uses_only_real_settings():
+    from unified_pipeline.models.registry import MODELS
+    from unified_pipeline.presets import check_model_settings
+
+    check_model_settings(load_preset(default_preset_path()), list(MODELS), default_preset_path())

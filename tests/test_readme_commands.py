@@ -173,6 +173,14 @@ def test_every_model_of_the_job_registered_a_version(trained):
     assert set(json.loads(out)["models"]) >= {"vision_service", "multimodal_service"}
 
 
+def test_the_run_is_kept_in_the_projects_dagster_instance(trained):
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    with DagsterInstance.from_config(trained["env"]["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs()
+    assert [(r.job_name, r.status) for r in runs] == [("collaborative_training", DagsterRunStatus.SUCCESS)]
+
+
 def _predict(trained, *args: str) -> list[list[str]]:
     out = sh(trained["env"], trained["tmp"], "unified-pipeline", "predict", *args)
     return [line.split("\t") for line in out.strip().splitlines()]

@@ -20,13 +20,13 @@ PREFIXES = ("make ", "unified-pipeline ", "dagster ", "dg ", "from unified_pipel
 
 # Examples run elsewhere (Dagster launches, model-specific predict, make targets), by prefix.
 ELSEWHERE = {
-    "make run": ["test_launch_by_name.py::test_dg_launch_and_dagster_job_execute_run_into_the_project_instance"],
+    "make run": ["test_readme_commands.py::test_the_run_is_kept_in_the_projects_dagster_instance"],
     "make test": ["test_readme_examples.py::test_first_screen_is_make_run_and_make_test"],
     "make dev": ["test_ui_browser.py"],
     "dg dev": ["test_launch_by_name.py::test_dg_finds_the_project_from_its_root"],
     "make bench": ["test_bench_replay.py"],
-    "dg launch": ["test_launch_by_name.py::test_dg_launch_and_dagster_job_execute_run_into_the_project_instance"],
-    "dagster job execute": ["test_launch_by_name.py::test_dg_launch_and_dagster_job_execute_run_into_the_project_instance"],
+    "dg launch": ["test_launch_by_name.py::test_dg_launch_runs_into_the_project_instance"],
+    "dagster job execute": ["test_readme_commands.py::test_the_run_is_kept_in_the_projects_dagster_instance"],
     "UNIFIED_PRESET=": ["test_definitions.py::test_scenario_naming_an_unknown_dataset_fails_listing_the_valid_ones",
                         "test_model_metadata.py::test_reused_materialisation_carries_the_versions_numbers_curves_and_reason"],
     "export DAGSTER_HOME": ["test_cli_first_use.py::test_a_throwaway_dagster_instance_is_announced_and_the_project_one_is_not"],

@@ -12,7 +12,7 @@ from unified_pipeline.hashing import dataset_version
 from unified_pipeline.models import text_transformer
 from unified_pipeline.training.job import FitJob
 
-SMALL = {"d_model": 32, "n_heads": 2, "n_layers": 1, "ngram_buckets": 4096, "linear_ngram_buckets": 65536,
+SMALL = {"linear_ngrams": True, "d_model": 32, "n_heads": 2, "n_layers": 1, "ngram_buckets": 4096, "linear_ngram_buckets": 65536,
          "epochs": 6, "batch_size": 32, "learning_rate": 3e-3, "checkpoint_interval": 0}
 
 

@@ -5,13 +5,12 @@ import os
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, missing_browser_reason
+from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
 
 LOAD_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 90
@@ -35,15 +34,7 @@ query Check($path: [String!]!) {
 
 @pytest.fixture
 def browser_ready():
-    reason = missing_browser_reason()
-    if reason and os.environ.get("CI", "").lower() in ("true", "1"):
-        # CI must prove the UI works: a missing browser there is a failure, never a green skip.
-        pytest.fail(f"browser UI test cannot run in CI: {reason}")
-    if reason:
-        print(f"\nSKIPPING the browser UI test: {reason}")
-        # A warning lands in pytest's summary even under -q, so the skip is never silent.
-        warnings.warn(UserWarning(f"browser UI test skipped: {reason}"))
-        pytest.skip(f"browser UI test needs Chromium and playwright: {reason}")
+    require_browser("browser UI test")
 
 
 @pytest.fixture

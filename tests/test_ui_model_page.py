@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, launch_browser, missing_browser_reason
+from _ui_support import DagsterDev, dagster_env, launch_browser, require_browser
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -18,10 +17,7 @@ MODEL = "vision_service"
 @pytest.fixture
 def reused_model(tmp_path, monkeypatch):
     """vision_service trained, then reused, in the instance the UI will read."""
-    reason = missing_browser_reason()
-    if reason:
-        warnings.warn(UserWarning(f"browser model-page test skipped: {reason}"))
-        pytest.skip(f"browser test needs Chromium and playwright: {reason}")
+    require_browser("browser model-page test")
     raw = tmp_path / "raw"
     tiny_data.vision(raw)
     preset = json.loads(open("presets/training_preset.json").read())

@@ -78,8 +78,12 @@ def _cmd_presets(args) -> int:
                                                       for m in preset.available_models_for(args.scenario)}}
         print(json.dumps(out, indent=2))
     else:
+        from unified_pipeline.models.registry import MODELS
+        from unified_pipeline.presets import check_model_settings, default_preset_path
+
         for name in preset.training_scenarios:
             preset.available_models_for(name)
+        check_model_settings(preset, list(MODELS), args.file or default_preset_path())
         print(f"{args.file or 'presets/training_preset.json'}: valid ({len(preset.training_scenarios)} scenarios)")
     return 0
 
@@ -98,7 +102,11 @@ def _cmd_job(args) -> int:
     else:
         job = _known_job(args.job or "collaborative_training")
         dagster_args = ["job", "execute", "-m", DEFS_MODULE, "-j", job]
-        if args.config:
+        if not args.config:
+            from unified_pipeline.run_config_check import check_settings
+
+            check_settings(job)  # a misspelt model setting in the preset fails here, not after the data steps
+        else:
             from unified_pipeline import instance_notice
             from unified_pipeline.run_config_check import check_run_config
 

@@ -54,11 +54,28 @@ def _version_reasons() -> list[dict]:
     return latest_reasons(ModelRegistry())
 
 
+def _next_run() -> dict[str, dict]:
+    """Model -> Dagster's verdict before the next run: up to date or stale, and which input changed."""
+    from unified_pipeline.dagster_home import open_instance
+    from unified_pipeline.stale_reasons import model_staleness
+
+    try:
+        from unified_pipeline.definitions import build_definitions
+
+        with open_instance() as instance:
+            if instance is None:
+                return {}
+            return model_staleness(instance, build_definitions())  # the data and preset as they are now
+    except Exception as exc:  # noqa: BLE001 - e.g. a bad preset: status still shows the progress
+        return {"?": {"state": "unknown", "reasons": [" ".join(f"{type(exc).__name__}: {exc}".split())[:200]]}}
+
+
 def cmd_status(args) -> int:
     from unified_pipeline.progress import read_all
 
     states = read_all()
     versions = _version_reasons()
+    upcoming = _next_run()
     if args.json:
         by_model = {v["model"]: v for v in versions}
         for st in states:
@@ -67,8 +84,16 @@ def cmd_status(args) -> int:
                 st.update(newest_version=v["version"], why=v["why"])
         states += [{"model": v["model"], "status": "idle", "newest_version": v["version"], "why": v["why"]}
                    for v in by_model.values()]
+        for st in states:
+            st["next_run"] = upcoming.pop(st.get("model"), None)
+        states += [{"model": m, "status": "never trained", "next_run": u} for m, u in upcoming.items()]
         print(json.dumps(states, indent=2))
         return 0
+    if upcoming:
+        print("before the next run (Dagster's stale status, as in the UI):")
+        for model, u in upcoming.items():
+            print(f"  {model}: {u['state']}: " + "; ".join(u["reasons"]))
+        print()
     if not states and not versions:
         print("no training has run yet (progress files appear under .unified/progress/)")
         return 0

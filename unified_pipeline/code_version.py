@@ -107,7 +107,10 @@ def code_version(*modules: str, packages: tuple[str, ...] = ()) -> str:
     roots = list(modules)
     for pkg in packages:
         roots += [_module_name(p, PACKAGE_DIR, PACKAGE) for p in sorted((PACKAGE_DIR / pkg).rglob("*.py"))]
-    return closure_digest(tuple(roots))
+    digest = closure_digest(tuple(roots))
+    # A model module kept outside the package (models/spec.py allows it) is hashed itself too.
+    outside = [f"{m}:{sha256_file(f)}" for m in modules if not _file_of(m, PACKAGE_DIR, PACKAGE) and (f := module_file(m))]
+    return combine([digest, *outside])[:16] if outside else digest
 
 
 def closure_digest(modules: tuple[str, ...], package_dir: Path = PACKAGE_DIR, package: str = PACKAGE) -> str:

@@ -19,13 +19,14 @@ from unified_pipeline.assets.data_assets import tensors_key
 from unified_pipeline.assets.graph import data_lanes, data_selection, trainable_models
 from unified_pipeline.assets.json_io import JsonIOManager
 from unified_pipeline.assets.rollback_job import rollback_model
-from unified_pipeline.assets.model_assets import SCENARIO_TAG, model_asset, model_key
+from unified_pipeline.assets.model_assets import DEFAULT_SCENARIO, SCENARIO_TAG, model_asset, model_key
 from unified_pipeline.assets.summary_asset import SUMMARY_KEY, summary_asset
 from unified_pipeline.assets.automation import new_data_sensor, retrain_schedule
 from unified_pipeline.k8s import k8s_executor, use_k8s
-from unified_pipeline.models.registry import MODELS
+from unified_pipeline.models.registry import ModelEntry
 from unified_pipeline.presets import ALL_DATASETS, load_preset
 from unified_pipeline.training.preemption import retry_policy as preemption_retry_policy
+from unified_pipeline.version_reasons import model_code_version
 
 warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
 try:  # beta / preview warnings of observable source assets and checks
@@ -66,14 +67,15 @@ def build_definitions() -> Definitions:
     preset = load_preset()
     refs, data_assets = data_lanes(preset.preprocess)
     prefs = {m: list(p.get("datasets", [])) for m, p in preset.model_specific_presets.items()}
-    models = trainable_models(refs, prefs)
-    advised = {a: [m for m in models if a in MODELS[m].advisors] for a in models}
+    models, entries = trainable_models(refs, prefs)
+    advised = {a: [m for m in models if a in entries[m].advisors] for a in models}
     tc = preset.training_configuration
     retry = preemption_retry_policy(tc.preemption_retries, tc.preemption_retry_delay_s)
-    readers = _readers_by_dataset(models)
+    readers = _readers_by_dataset(models, entries)
     model_assets = [
-        model_asset(MODELS[m], ds, advisors=[a for a in MODELS[m].advisors if a in models], advised=advised[m],
-                    retry_policy=retry, watch=[d for d, names in readers.items() if m in names])
+        model_asset(entries[m], ds, advisors=[a for a in entries[m].advisors if a in models], advised=advised[m],
+                    retry_policy=retry, watch=[d for d, names in readers.items() if m in names],
+                    code_version=model_code_version(entries[m], preset, DEFAULT_SCENARIO))
         for m, ds in models.items()
     ]
     if models:
@@ -94,7 +96,7 @@ def build_definitions() -> Definitions:
         if ALL_DATASETS not in preset.scenario(scenario).datasets:
             # Restrict to the scenario's datasets: models reading others are left out of the job.
             names = [m for m in names if set(models[m]) <= set(wanted_ds)]
-        selection = _with_requirements(names, models)
+        selection = _with_requirements(names, models, entries)
         jobs.append(
             define_asset_job(
                 scenario,
@@ -110,7 +112,7 @@ def build_definitions() -> Definitions:
     schedules, sensors = [], []
     if any(j.name == MAIN_JOB for j in jobs):
         schedules.append(retrain_schedule(MAIN_JOB))
-        sensors.append(new_data_sensor(MAIN_JOB, refs, _readers_by_dataset(models), also=(SUMMARY_KEY,)))
+        sensors.append(new_data_sensor(MAIN_JOB, refs, readers, also=(SUMMARY_KEY,)))
 
     return Definitions(
         assets=data_assets + model_assets,
@@ -122,7 +124,7 @@ def build_definitions() -> Definitions:
     )
 
 
-def _with_requirements(names: list[str], models: dict[str, list[str]]) -> AssetSelection:
+def _with_requirements(names: list[str], models: dict[str, list[str]], entries: dict[str, ModelEntry]) -> AssetSelection:
     """The models, the upstream models they need, and those models' data lanes. Advisors (an
     ordering edge only) join a job only when the scenario targets them."""
     needed: list[str] = []
@@ -131,18 +133,18 @@ def _with_requirements(names: list[str], models: dict[str, list[str]]) -> AssetS
         m = todo.pop()
         if m not in needed:
             needed.append(m)
-            todo += [u for u in MODELS[m].upstream_models if u in models]
+            todo += [u for u in entries[m].upstream_models if u in models]
     lanes = {ds for m in needed for ds in models[m]}
     return (AssetSelection.assets(*[model_key(m) for m in needed])
             | AssetSelection.assets(*[tensors_key(ds) for ds in sorted(lanes)]).upstream())
 
 
-def _readers_by_dataset(models: dict[str, list[str]]) -> dict[str, list[str]]:
+def _readers_by_dataset(models: dict[str, list[str]], entries: dict[str, ModelEntry]) -> dict[str, list[str]]:
     """Dataset -> every model that depends on it, directly or through an upstream model."""
     out: dict[str, list[str]] = {}
     for name in models:  # registry order puts upstream models first
         needed = set(models[name])
-        for up in MODELS[name].upstream_models:
+        for up in entries[name].upstream_models:
             needed |= {ds for ds, readers in out.items() if up in readers}
         for ds in needed:
             out.setdefault(ds, []).append(name)

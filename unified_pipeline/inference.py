@@ -1,8 +1,6 @@
 """Using trained models: `load_model` and `predict` resolve a registry version (production by default)."""
 from __future__ import annotations
 
-import importlib
-import inspect
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,24 +27,11 @@ def load_model(name: str, version: str | int | None = None, device: str = "cpu")
 
 def predict(name: str, inputs: list[str], version: str | None = None,
             top: int = 1) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """(item, [(label, score), ...]) for each input of a model's module-level `predict`.
-
-    `predict(model_dir, inputs[, top])` returns, per input, one (label, score) pair or a list
-    of them; or a dict {item: pairs} when one input may hold several items (the records of a
-    .jsonl file), in which case the dict's keys name what each result is about."""
+    """(item, [(label, score), ...]) for each input item (models/spec.py `ModelSpec.predictions`)."""
     folder = model_dir(name, version)
-    module = importlib.import_module(MODELS[name].module)
-    if not hasattr(module, "predict"):
+    spec = MODELS[name].spec()
+    if spec.predict is None:
         raise ConfigError(f"model {name!r} has no predict(); use its Python API instead")
     if inputs == ["-"]:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if "top" in inspect.signature(module.predict).parameters:
-        results = module.predict(folder, inputs, top=top)
-    else:
-        results = module.predict(folder, inputs)
-    for item, result in (results.items() if isinstance(results, dict) else zip(inputs, results)):
-        yield item, [result] if _is_pair(result) else list(result)
-
-
-def _is_pair(result: Any) -> bool:
-    return isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str)
+    yield from spec.predictions(folder, inputs, top=top)

@@ -1,7 +1,7 @@
 """Typed loading of `presets/training_preset.json` (the original preset schema).
 
 Resolution order for a model's hyperparameters, later wins:
-model file DEFAULTS < training_configuration < hardware_configuration < scenario
+the model's SPEC defaults (models/spec.py) < training_configuration < hardware_configuration < scenario
 < model_specific_presets[model] < run config overrides. So a per-model preset's `epochs`
 beats the scenario's; each model step logs the values it resolved and where each came from.
 Keys the original file carried that this pipeline does not use are accepted with a warning.
@@ -20,6 +20,7 @@ from unified_pipeline.errors import ConfigError
 from unified_pipeline.models.registry import MODELS, register_instance, reset_instances
 from unified_pipeline.paths import project_root, raw_root, unified_home
 from unified_pipeline.registry.aliases import DEFAULT_RULE, RULES
+from unified_pipeline.training.trainer_config import ALIASES, OPTIMIZERS
 
 ALL_MODELS = "all_models"
 ALL_DATASETS = "all_available_datasets"
@@ -86,8 +87,8 @@ class TrainingConfiguration(_Section):
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v: str) -> str:
-        if v.lower() not in {"adamw", "adam", "sgd"}:
-            raise ValueError(f"unknown optimizer {v!r}; valid: ['adamw', 'adam', 'sgd']")
+        if v.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; valid: {list(OPTIMIZERS)}")
         return v.lower()
 
     @field_validator("promotion_rule")
@@ -223,13 +224,15 @@ class Preset(_Section):
         if sc.learning_rate is not None:
             values.append(("learning_rate", sc.learning_rate, scen))
         entry = MODELS.get(model)
+        own: list[tuple[str, Any, str]] = []
         if entry is not None and entry.base != model:  # an instance starts from its architecture's preset
-            values += [(k, v, f"model_specific_presets.{entry.base}")
-                       for k, v in self.model_specific_presets.get(entry.base, {}).items() if k != "datasets"]
+            own += [(k, v, f"model_specific_presets.{entry.base}")
+                    for k, v in self.model_specific_presets.get(entry.base, {}).items() if k != "datasets"]
         if model in self.model_instances:
-            values += [(k, v, f"model_instances.{model}.hparams") for k, v in self.model_instances[model].hparams.items()]
-        values += [(k, v, f"model_specific_presets.{model}") for k, v in self.model_specific_presets.get(model, {}).items()]
-        values += [(k, v, "run config") for k, v in (overrides or {}).items()]
+            own += [(k, v, f"model_instances.{model}.hparams") for k, v in self.model_instances[model].hparams.items()]
+        own += [(k, v, f"model_specific_presets.{model}") for k, v in self.model_specific_presets.get(model, {}).items()]
+        own += [(k, v, "run config") for k, v in (overrides or {}).items()]
+        values += [(ALIASES.get(k, k), v, source) for k, v, source in own]  # one spelling from here on
         out: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for key, value, source in values:
@@ -258,6 +261,22 @@ def _unused_keys(model: BaseModel, where: str = "") -> list[str]:
                 if isinstance(v, BaseModel):
                     found += _unused_keys(v, f"{where}{name}.{k}.")
     return found
+
+
+def check_model_settings(preset: Preset, models: list[str], path: str | Path) -> None:
+    """Refuse a model-specific key that no part of the model reads (its settings dataclass, the
+    trainer, the pipeline's switches), naming the file, the section, the closest valid name and all
+    of them. Imports the models' modules (torch), so callers run it once before training starts."""
+    for name in models:
+        entry = MODELS.get(name)
+        if entry is None:
+            continue
+        spec = entry.spec()
+        for section in dict.fromkeys([entry.base, name]):  # an instance reads its architecture's section too
+            keys = set(preset.model_specific_presets.get(section, {})) - {"datasets"}
+            spec.check_keys(keys, f"{path}: model_specific_presets.{section}:")
+        if name in preset.model_instances:
+            spec.check_keys(preset.model_instances[name].hparams, f"{path}: model_instances.{name}.hparams:")
 
 
 def default_preset_path() -> Path:

@@ -1,6 +1,6 @@
 """The last Great Expectations verdict of each dataset, read from the Dagster instance.
 
-The blocking `great_expectations` check of `<dataset>/manifest` is the only place the verdict
+The `great_expectations` check of `<dataset>/manifest` is the only place the verdict
 is recorded, so the instance's asset-check history is the source of truth.
 """
 from __future__ import annotations

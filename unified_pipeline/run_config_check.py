@@ -1,7 +1,8 @@
 """Check a `-c` run config file before Dagster starts: one line naming the file, line and key.
 
 Dagster would report a YAML syntax error, an unknown key or a refused `hparams` entry as a
-long traceback (the last one only once the step runs); the CLI calls `check_run_config` first.
+long traceback (the last one only once the step runs); the CLI calls `check_run_config` first,
+or `check_settings` alone (the preset's model settings) when there is no `-c` file.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def line_of(node: Any, keys: list[str]) -> int | None:
     return line
 
 
-def _where(path: Path, node: Any, keys: list[str]) -> str:
-    line = line_of(node, keys)
+def _where(path: Path | None, node: Any, keys: list[str]) -> str:
+    line = line_of(node, keys) if node is not None else None
     return f"{path}: line {line}" if line else str(path)
 
 
@@ -69,6 +70,7 @@ def check_run_config(job_name: str, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data, node = load_yaml(path)
     job = build_definitions().resolve_job_def(job_name)  # the data and preset as they are now
+    check_settings(job_name, data, path, node)  # first: its message names the closest valid key
     try:
         validate_run_config(job, data)
     except DagsterInvalidConfigError as exc:
@@ -77,7 +79,6 @@ def check_run_config(job_name: str, path: str | Path) -> dict[str, Any]:
         extra = getattr(err.error_data, "field_names", None) or (
             [err.error_data.field_name] if getattr(err.error_data, "field_name", None) else [])
         raise ConfigError(f"{_where(path, node, keys + extra[:1])}: {_message(err, keys, extra)}") from None
-    _check_hparams(job_name, data, path, node)
     return data
 
 
@@ -86,26 +87,56 @@ def _message(err: Any, keys: list[str], unknown: list[str]) -> str:
     text = " ".join(err.message.split())
     if unknown:
         expected = text.split("Expected:", 1)[-1].replace("{ env: String }", "")
+        if "{" in expected:  # the keys of this level only, not those of nested sections
+            expected = expected[expected.index("{") + 1:expected.rindex("}")]
+        while re.search(r"\{[^{}]*\}", expected):
+            expected = re.sub(r"\{[^{}]*\}", "", expected)
         valid = sorted(set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\??:", expected)))
         return (f"unknown key {', '.join(map(repr, unknown))} under {'.'.join(keys) or 'the top level'}"
                 + (f"; valid: {', '.join(valid)}" if valid else ""))
     return text
 
 
-def _check_hparams(job_name: str, data: dict[str, Any], path: Path, node: Any) -> None:
-    """The same check the model asset makes at run time (model_assets.run_config_overrides)."""
-    from unified_pipeline.assets.model_assets import DEFAULT_SCENARIO, TrainConfig, run_config_overrides
+def check_settings(job_name: str, data: dict[str, Any] | None = None, path: Path | None = None,
+                   node: Any = None) -> None:
+    """What each model step checks when it starts (model_assets): the preset's settings of every
+    model the job trains and the run config's `hparams`, so a misspelt key fails before any step
+    runs, naming the closest valid key (Dagster's own check names only the valid ones)."""
+    from unified_pipeline.models.registry import MODELS
+    from unified_pipeline.presets import check_model_settings, default_preset_path, load_preset
+
+    ops = (data or {}).get("ops") or {}
+    ops = ops if isinstance(ops, dict) else {}
+    for name in _job_models(job_name, [n for n in ops if n in MODELS]):
+        op = ops.get(name)
+        config = (op.get("config") if isinstance(op, dict) else None) or {}
+        config = config if isinstance(config, dict) else {}
+        hparams = config.get("hparams")
+        if isinstance(hparams, dict):
+            try:
+                MODELS[name].spec().check_keys(hparams, f"{name}: run config hparams")
+            except ConfigError as exc:
+                raise ConfigError(f"{_where(path, node, ['ops', name, 'config', 'hparams'])}: {exc}") from None
+        given = config.get("preset_path")
+        preset_path = Path(given) if isinstance(given, str) and given else default_preset_path()
+        check_model_settings(load_preset(preset_path), [name], preset_path)
+
+
+def _job_models(job_name: str, named: list[str]) -> list[str]:
+    """The models a scenario's job trains, with their upstream models, plus those the run config names."""
     from unified_pipeline.models.registry import MODELS
     from unified_pipeline.presets import load_preset
 
-    ops = data.get("ops") or {}
-    for name, op in ops.items():
-        if name not in MODELS or not isinstance(op, dict) or not (op.get("config") or {}).get("hparams"):
-            continue
-        config = TrainConfig(**op["config"])
-        preset = load_preset(config.preset_path or None)
-        scenario = config.scenario or (job_name if job_name in preset.training_scenarios else DEFAULT_SCENARIO)
-        try:
-            run_config_overrides(config, MODELS[name], preset.hparams(scenario, name))
-        except ConfigError as exc:
-            raise ConfigError(f"{_where(path, node, ['ops', name, 'config', 'hparams'])}: {exc}") from None
+    preset = load_preset()
+    wanted = preset.available_models_for(job_name) if job_name in preset.training_scenarios else []
+    out: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in MODELS and name not in out:
+            for up in MODELS[name].upstream_models:
+                visit(up)
+            out.append(name)
+
+    for name in [*wanted, *named]:
+        visit(name)
+    return out

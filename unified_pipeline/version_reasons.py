@@ -11,6 +11,34 @@ _HOW_NOT_WHAT = {"adaptive_strategy", "checkpoint_interval", "keep_last", "compi
                  "promotion_rule", "keep_versions", "advised_presets"}
 
 
+def model_code_version(entry: Any, preset: Any, scenario: str) -> str:
+    """A model asset's Dagster code version: `code:<digest of the code it runs> hparams:<digest of
+    the preset's hyperparameters for it>`, so Dagster marks the asset stale when either changes and
+    `code_version_change` can say which."""
+    import json
+
+    from unified_pipeline.code_version import code_version
+    from unified_pipeline.hashing import combine
+
+    code = code_version(entry.module, "unified_pipeline.models.base", packages=("training",))
+    hparams = {k: v for k, v in preset.hparams(scenario, entry.name).items()
+               if k not in _HOW_NOT_WHAT | {"promotion_gate"} and not k.startswith("warm_start")}
+    return f"code:{code[:12]} hparams:{combine([json.dumps(hparams, sort_keys=True, default=str)])[:12]}"
+
+
+def code_version_change(old: str | None, new: str | None) -> str:
+    """What differs between two model code versions (see model_code_version)."""
+    def parts(v: str | None) -> dict[str, str]:
+        return dict(p.split(":", 1) for p in (v or "").split() if ":" in p)
+
+    before, after = parts(old), parts(new)
+    changed = [name for name in ("code", "hparams") if before.get(name) != after.get(name)]
+    if not before or not changed:
+        return f"code version {old} -> {new}"
+    words = {"code": "code changed", "hparams": "preset hyperparameters changed"}
+    return " and ".join(f"{words[c]} ({before.get(c, '-')} -> {after.get(c, '-')})" for c in changed)
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any], skip: set[str] = frozenset()) -> list[str]:
     keys = sorted((set(old) | set(new)) - skip)
     return [f"{k} {old.get(k, '-')} -> {new.get(k, '-')}" for k in keys if old.get(k) != new.get(k)]

@@ -35,6 +35,7 @@ from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.hashing import HashCache, combine, dataset_version
 from unified_pipeline.paths import unified_home
+from unified_pipeline.assets.quality_gate import stop_lane
 
 QUALITY_CHECK = "great_expectations"
 UNRECOGNISED_GROUP = "unrecognised"
@@ -137,12 +138,14 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         kinds={"pandas", "great_expectations"},
         code_version=lane_code,
         description=f"One row per {ref.kind} sample of '{ref.name}' with content hash, split and decoded facts.",
+        # Not produced when the suite fails: that is what stops the lane (see quality_gate.py).
+        output_required=False,
         check_specs=[
             AssetCheckSpec(
                 QUALITY_CHECK,
                 asset=manifest_key(ref.name),
-                blocking=True,
-                description=f"Great Expectations suite for {ref.kind} data; failure stops this lane.",
+                description=f"Great Expectations suite for {ref.kind} data; a failure stops this lane: "
+                            f"{tensors_key(ref.name).to_user_string()} and its models are skipped.",
             )
         ],
     )
@@ -155,7 +158,7 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         except DatasetError as exc:
             # Unreadable data is a data-quality verdict, shown where the suite's verdicts are
             # (the check, `unified-pipeline data`), and it stops the lane like a failed suite.
-            yield from _unreadable(ref, exc)
+            yield from stop_lane(context, ref.name, _version_or_none(ref), *_unreadable(ref, exc))
             return
         report = validate(ref.kind, df, current)
         from unified_pipeline.registry.evidence import record_verdict
@@ -166,19 +169,15 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
         preview = df.drop(columns=[c for c in ("text",) if c in df.columns]).head(10)
         facts_of = getattr(get_kind(ref.kind), "manifest_facts", None)  # e.g. how many texts the length cuts
         facts = facts_of(df, preprocess_config(current)) if facts_of else {}
-        yield Output(
-            value,
-            data_version=DataVersion(version),
-            metadata={
-                "rows": len(df),
-                "data_version": version[:16],
-                "manifest": MetadataValue.path(str(path)),
-                "splits": MetadataValue.json(df["split"].value_counts().to_dict() if "split" in df else {}),
-                "preview": MetadataValue.md(preview.to_markdown(index=False) if _has_tabulate() else preview.to_string()),
-                **facts,
-            },
-        )
-        yield AssetCheckResult(
+        metadata = {
+            "rows": len(df),
+            "data_version": version[:16],
+            "manifest": MetadataValue.path(str(path)),
+            "splits": MetadataValue.json(df["split"].value_counts().to_dict() if "split" in df else {}),
+            "preview": MetadataValue.md(preview.to_markdown(index=False) if _has_tabulate() else preview.to_string()),
+            **facts,
+        }
+        check = AssetCheckResult(
             check_name=QUALITY_CHECK,
             asset_key=manifest_key(ref.name),
             passed=report.success,
@@ -186,6 +185,11 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
             description=report.summary(),
             metadata={"expectations": MetadataValue.json(report.to_metadata()), "data_version": version[:16]},
         )
+        if report.success:
+            yield Output(value, data_version=DataVersion(version), metadata=metadata)
+            yield check
+        else:
+            yield from stop_lane(context, ref.name, version, metadata, check)
 
     @asset(
         key=tensors_key(ref.name),
@@ -216,14 +220,10 @@ def lane_assets(ref: DatasetRef, settings: dict[str, Any]) -> list[Any]:
     return [raw_files, manifest, tensors]
 
 
-def _unreadable(ref: DatasetRef, exc: DatasetError):
+def _unreadable(ref: DatasetRef, exc: DatasetError) -> tuple[dict[str, Any], AssetCheckResult]:
     message = " ".join(str(exc).split())
     hint = f" (hint: {exc.hint})" if exc.hint else ""
-    yield Output(
-        {"dataset": ref.name, "kind": ref.kind, "error": message, "rows": 0},
-        metadata={"rows": 0, "error": MetadataValue.text(message + hint)},
-    )
-    yield AssetCheckResult(
+    return {"rows": 0, "error": MetadataValue.text(message + hint)}, AssetCheckResult(
         check_name=QUALITY_CHECK,
         asset_key=manifest_key(ref.name),
         passed=False,
@@ -231,6 +231,13 @@ def _unreadable(ref: DatasetRef, exc: DatasetError):
         description=f"{ref.kind} suite not run: the data could not be read: {message}{hint}",
         metadata={"error": MetadataValue.text(message), "dataset": MetadataValue.path(str(ref.root))},
     )
+
+
+def _version_or_none(ref: DatasetRef) -> str | None:
+    try:
+        return dataset_version(ref.root, hash_cache())[0]
+    except (DatasetError, OSError):
+        return None
 
 
 def unrecognised_assets(problems: dict[Path, str]) -> list[AssetsDefinition]:

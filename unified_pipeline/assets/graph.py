@@ -53,19 +53,29 @@ def datasets_for_model(entry: ModelEntry, refs: list[DatasetRef], preferred: lis
     return chosen
 
 
-def trainable_models(refs: list[DatasetRef], preferences: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Model name -> datasets, for models whose data (and upstream models) are all available."""
+def trainable_models(refs: list[DatasetRef], preferences: dict[str, list[str]]
+                     ) -> tuple[dict[str, list[str]], dict[str, ModelEntry]]:
+    """Model name -> datasets, for models whose data (and upstream models) are all available, and
+    the entry each of them trains as: an instance whose swapped-in upstream model has no data here
+    reads the built-in one instead (the registry itself stays as declared)."""
     out: dict[str, list[str]] = {}
-    for name, entry in list(MODELS.items()):
+    entries: dict[str, ModelEntry] = {}
+    for name, entry in MODELS.items():
         ds = datasets_for_model(entry, refs, preferences.get(name))
-        if ds is not None and entry.upstream_fallbacks and any(up not in out for up in entry.upstream_models):
-            fallback = dict(entry.upstream_fallbacks)
-            ups = tuple(u if u in out else fallback.get(u, u) for u in entry.upstream_models)
-            if all(up in out for up in ups):
-                log.warning("%s: upstream %s has no data here; using %s instead", name,
-                            [u for u in entry.upstream_models if u not in out], [u for u in ups if u not in entry.upstream_models])
-                MODELS[name] = entry = replace(entry, upstream_models=ups)
-        if ds is None or any(up not in out for up in entry.upstream_models):
+        if ds is None:
             continue
-        out[name] = ds
-    return out
+        entry = _with_fallbacks(entry, out)
+        if all(up in out for up in entry.upstream_models):
+            out[name], entries[name] = ds, entry
+    return out, entries
+
+
+def _with_fallbacks(entry: ModelEntry, trainable: dict[str, list[str]]) -> ModelEntry:
+    missing = [u for u in entry.upstream_models if u not in trainable]
+    fallback = dict(entry.upstream_fallbacks)
+    ups = tuple(fallback.get(u, u) if u in missing else u for u in entry.upstream_models)
+    if not missing or ups == entry.upstream_models or not all(up in trainable for up in ups):
+        return entry
+    log.warning("%s: upstream %s has no data here; using %s instead", entry.name, missing,
+                [u for u in ups if u not in entry.upstream_models])
+    return replace(entry, upstream_models=ups)

@@ -48,22 +48,37 @@ class TrainConfig(Config):
 NAMED_OVERRIDES = ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "early_stopping_patience", "seed")
 
 
-def run_config_overrides(config: TrainConfig, entry: ModelEntry, preset_hparams: dict[str, Any]) -> dict[str, Any]:
-    """The run config's values; a key that neither the preset, the model nor the trainer knows is refused."""
-    import dataclasses
-    import importlib
+def config_class(entry: ModelEntry) -> type[TrainConfig]:
+    """TrainConfig whose `hparams` lists the model's keys (models/spec.py), so Dagster refuses a
+    misspelt one when the run is launched, before any step; plain TrainConfig (checked by the
+    step) when the model's source does not spell its settings out."""
+    from pydantic import create_model
 
-    from unified_pipeline.errors import ConfigError
-    from unified_pipeline.training.trainer_config import ALIASES, TrainerConfig
+    from unified_pipeline.models.spec import declared_setting_names, valid_keys
 
-    known = (set(preset_hparams) | set(getattr(importlib.import_module(entry.module), "DEFAULTS", {}))
-             | {f.name for f in dataclasses.fields(TrainerConfig)} | set(ALIASES))
-    unknown = sorted(set(config.hparams) - known)
-    if unknown:
-        raise ConfigError(f"{entry.name}: run config hparams {unknown} are not settings of this model; "
-                          f"valid: {sorted(known)}")
+    names = declared_setting_names(entry.module)
+    if names is None:
+        return TrainConfig
+    hparams = create_model(f"{entry.name}_hparams", __base__=Config,
+                           **{k: (Optional[Any], None) for k in sorted(valid_keys(names))})
+    return create_model(f"{entry.name}_config", __base__=TrainConfig, hparams=(hparams, hparams()))
+
+
+def hparams_of(config: TrainConfig) -> dict[str, Any]:
+    """The `hparams` the run config set (a dict, or the typed section of `config_class`, whose
+    unset keys read None)."""
+    section = config.hparams
+    if isinstance(section, dict):
+        return dict(section)
+    return {k: getattr(section, k) for k in section.model_fields_set if getattr(section, k) is not None}
+
+
+def run_config_overrides(config: TrainConfig, entry: ModelEntry) -> dict[str, Any]:
+    """The run config's values; a key that neither the model, the trainer nor the pipeline reads is refused."""
+    hparams = hparams_of(config)
+    entry.spec().check_keys(hparams, f"{entry.name}: run config hparams")
     named = {k: getattr(config, k) for k in NAMED_OVERRIDES if getattr(config, k) is not None}
-    return {**config.hparams, **named}
+    return {**hparams, **named}
 
 
 # Values worth one line at the start of every model step, with where each came from.
@@ -127,13 +142,15 @@ def _input_name(dataset: str) -> str:
 
 
 def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] = (), advised: Sequence[str] = (),
-                retry_policy: Any = None, watch: Sequence[str] = ()) -> Any:
+                retry_policy: Any = None, watch: Sequence[str] = (), code_version: Optional[str] = None) -> Any:
     """advisors: models (present in this graph) whose output may tune this one's hyperparameters;
     advised: models this one advises (it is given their resolved presets);
     retry_policy: applies to preemption only (training/preemption.py); other errors are not retried;
     watch: every dataset the model depends on, directly or through upstream models. Its raw files
     are a dependency too, so an edited file shows this model as stale in the UI, not only the
-    manifest one step downstream of the files (Dagster compares direct dependencies only)."""
+    manifest one step downstream of the files (Dagster compares direct dependencies only);
+    code_version: version_reasons.model_code_version, so Dagster names code or hyperparameter changes."""
+    config_cls = config_class(entry)
     ins = {_input_name(ds): AssetIn(tensors_key(ds)) for ds in datasets}
     ins.update({f"model_{m}": AssetIn(model_key(m)) for m in entry.upstream_models})
 
@@ -143,6 +160,7 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
         # Ordering only: the advice is read from the registry. Raw files: for staleness, see above.
         deps=[model_key(a) for a in advisors] + [raw_key(ds) for ds in sorted(set(watch) | set(datasets))],
         group_name=entry.group,
+        code_version=code_version,
         kinds={"pytorch"},
         op_tags={devices.DEVICE_TAG: devices.DEVICE_TAG_VALUE, **gpu_step_tags(), **celery_mode.model_step_tags()},
         retry_policy=retry_policy,
@@ -155,8 +173,8 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
             )
         ],
     )
-    def _model(context: AssetExecutionContext, config: TrainConfig, **inputs: dict):
-        from unified_pipeline.presets import default_preset_path, load_preset
+    def _model(context: AssetExecutionContext, config: config_cls, **inputs: dict):
+        from unified_pipeline.presets import check_model_settings, default_preset_path, load_preset
         from unified_pipeline.registry import preset_lineage
         from unified_pipeline.train_model import NON_SEMANTIC_HPARAMS, train_or_reuse
         from unified_pipeline.training.cost import metadata_numbers as cost_metadata
@@ -172,7 +190,8 @@ def model_asset(entry: ModelEntry, datasets: list[str], advisors: Sequence[str] 
                 scenario = DEFAULT_SCENARIO
             preset_hparams, sources = preset.hparams_with_sources(scenario, entry.name)
             try:
-                overrides = run_config_overrides(config, entry, preset_hparams)
+                check_model_settings(preset, [entry.name], preset_path)
+                overrides = run_config_overrides(config, entry)
             except ConfigError as exc:  # the message says it all; a traceback would bury it
                 raise Failure(description=str(exc), allow_retries=False) from None
             hparams = {**preset_hparams, **overrides}  # what preset.hparams(..., overrides) gives, resolved once

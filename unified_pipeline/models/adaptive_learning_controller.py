@@ -18,7 +18,7 @@ little: on a validation split of a few hundred samples, seeds alone move accurac
 most strategies do. Headline metric: metrics["test"]["wins_fraction"], the
 fraction of controlled models whose validation metric the chosen strategy improved.
 
-Artefact (job.out_dir): strategy.json, metrics.json, history.json (one record per trial).
+Artefact (job.out_dir): strategy.json; the result's history has one record per trial.
 There are no weights; param_count is 0.
 
 strategy.json schema (version 1):
@@ -49,11 +49,10 @@ batch size and patience. The preset each lane starts from is that model's own re
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,31 +60,33 @@ import torch
 
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
-from unified_pipeline.models.registry import MODELS
-from unified_pipeline.models.vision_cnn import _split
+from unified_pipeline.models.inputs import split_tensors
+from unified_pipeline.models.registry import CONTROLLER, MODELS
+from unified_pipeline.models.spec import ModelSpec
 from unified_pipeline.training.job import FitJob, FitResult
 
-CONTROLLED: dict[str, tuple[str, tuple[str, ...]]] = {  # model -> (dataset kind, input tensors)
-    "vision_service": ("vision", ("x",)),
-    "audio_service": ("audio", ("x", "lengths")),
-    "text_service": ("text", ("x",)),
-}
 # Training settings of the preset that the controlled models share with this step.
 PRESET_KEYS = ("learning_rate", "batch_size", "weight_decay", "warmup_epochs", "grad_clip", "optimizer",
                "early_stopping_patience", "precision")
 
-DEFAULTS: dict[str, Any] = {
-    "budget_epochs": 6,  # epochs per training run: every trial, the preset and the chosen strategy
-    "study_epochs": 30,  # total epochs one model's study may spend (pruned trials spend fewer)
-    "max_train_samples": 768,  # seeded subsample of each train split, to fit the study on a CPU
-    "max_val_samples": 600,  # subsample the study validates on; the final check uses the whole split
-    "lr_multiplier_min": 0.25,
-    "lr_multiplier_max": 4.0,
-    "batch_sizes": [16, 32, 64, 128],
-    "patience_choices": [0, 1, 2, 3],
-    "warm_start_trials": 2,  # history records tried first; the rest of the budget explores
-    "check_seeds": 2,  # unseen seeds the preset and the chosen strategy are both retrained with
-}
+
+@dataclass
+class ControllerSettings:
+    budget_epochs: int = 6  # epochs per training run: every trial, the preset and the chosen strategy
+    study_epochs: int = 30  # total epochs one model's study may spend (pruned trials spend fewer)
+    max_train_samples: int = 768  # seeded subsample of each train split, to fit the study on a CPU
+    max_val_samples: int = 600  # subsample the study validates on; the final check uses the whole split
+    lr_multiplier_min: float = 0.25
+    lr_multiplier_max: float = 4.0
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    patience_choices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    warm_start_trials: int = 2  # history records tried first; the rest of the budget explores
+    check_seeds: int = 2  # unseen seeds the preset and the chosen strategy are both retrained with
+
+
+def controlled() -> dict[str, str]:
+    """Model -> the dataset kind it reads, for every model that lists this one as its advisor."""
+    return {name: e.dataset_kinds[0] for name, e in MODELS.items() if CONTROLLER in e.advisors}
 
 
 class _Pruned(BaseException):
@@ -114,12 +115,11 @@ class _Lane:
         self.name, self.job, self.hp = name, job, hp
         entry = MODELS[name]
         self.metric = entry.metric
-        self.module = importlib.import_module(entry.module)
-        _, fields = CONTROLLED[name]
+        self.spec = entry.spec()
         self.meta = bundle.meta
         parts = {}
         for s in ("train", "val", "test"):
-            inputs, y = _split(bundle, s, fields)
+            inputs, y = split_tensors(bundle, s, self.spec.inputs)
             parts[s] = (*inputs, y)
         self.train = _subsample(parts["train"], int(hp["max_train_samples"]), job.seed)
         self.val, self.test = parts["val"], parts["test"]
@@ -127,13 +127,11 @@ class _Lane:
         # Each model's own resolved preset when the pipeline passes it (model_specific_presets
         # differ per model), else this step's shared training settings.
         own = (job.hparams.get("advised_presets") or {}).get(name) or job.hparams
-        self.preset = {**self.module.DEFAULTS, **{k: own[k] for k in PRESET_KEYS if k in own}}
+        self.preset = {**self.spec.defaults(), **{k: own[k] for k in PRESET_KEYS if k in own}}
         self.preset["epochs"] = int(hp["budget_epochs"])
 
     def build(self, hp: dict[str, Any]):
-        if "max_len" in inspect.signature(self.module.build).parameters:
-            return self.module.build(self.meta, hp, int(self.meta.get("max_len") or self.train[0].shape[1]))
-        return self.module.build(self.meta, hp)
+        return self.spec.build(self.meta, hp)
 
     def hparams(self, strategy: dict[str, Any]) -> dict[str, Any]:
         return {**self.preset, "learning_rate": self.preset["learning_rate"] * strategy["lr_multiplier"],
@@ -318,7 +316,7 @@ def check(lane: _Lane, strategy: dict[str, Any], seeds: list[int]) -> dict[str, 
 def fit(job: FitJob) -> FitResult:
     _log_quiet()
     started = time.perf_counter()
-    hp = {**DEFAULTS, **{k: job.hparams[k] for k in DEFAULTS if k in job.hparams}}
+    hp = SPEC.resolve({k: v for k, v in job.hparams.items() if k in SPEC.setting_names()})
     if int(hp["budget_epochs"]) < 1 or int(hp["study_epochs"]) < int(hp["budget_epochs"]):
         raise ConfigError(f"adaptive_learning_controller: need budget_epochs >= 1 and study_epochs >= budget_epochs, "
                           f"got {hp['budget_epochs']!r} and {hp['study_epochs']!r}")
@@ -326,7 +324,7 @@ def fit(job: FitJob) -> FitResult:
     for bundle in job.datasets.values():
         by_kind.setdefault(bundle.meta.get("kind"), []).append(bundle)
     lanes = []
-    for name, (kind, _) in CONTROLLED.items():
+    for name, kind in controlled().items():
         found = by_kind.get(kind, [])
         if len(found) > 1:
             raise DatasetError(f"adaptive_learning_controller: {len(found)} {kind} datasets given; {name} needs one")
@@ -381,8 +379,6 @@ def fit(job: FitJob) -> FitResult:
                 "study_seed": job.seed, "check_seeds": check_seeds, "models": models}
     out = Path(job.out_dir)
     atomic.write_json(out / "strategy.json", strategy)
-    atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_json(out / "history.json", history)
     wall = time.perf_counter() - started
     return FitResult(
         metrics=metrics, history=history, param_count=0, epochs_run=sum(m["study"]["epochs_spent"] for m in models.values()),
@@ -390,3 +386,6 @@ def fit(job: FitJob) -> FitResult:
         notes={"baseline_name": "fixed preset at the same epoch budget",
                "strategies": {m: v["strategy"] for m, v in models.items()}},
     )
+
+
+SPEC = ModelSpec(settings=ControllerSettings, fit=fit)

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,24 +33,10 @@ from torch.nn import functional as F
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.spec import ModelSpec
 from unified_pipeline.training.classification import fit_with_trainer
 from unified_pipeline.training.job import FitJob, FitResult
 
-DEFAULTS: dict[str, Any] = {
-    "code_dim": 32,
-    "embed_dim": 64,
-    "hidden": 128,
-    "epochs": 120,
-    "batch_size": 128,
-    "learning_rate": 3e-3,
-    "weight_decay": 1e-4,
-    "drop_fraction": 0.3,
-    "modality_noise": 0.3,
-    "contrastive_weight": 1.0,
-    "temperature": 0.1,
-    "feedback_weight": 10.0,  # the reward is a (verb, object, action) table: weak weights leave it at the mean
-    "feedback_layers": 1,
-}
 FIELDS = ("gist", "keywords", "relations", "modalities", "feedback", "action")
 # Dataset facts `predict` needs to turn a raw record into the encoder's inputs.
 ENCODING_META = ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab", "action_vocab")
@@ -61,16 +46,28 @@ BANK_TENSORS, BANK_IDS = "memory_bank.safetensors", "memory_bank.json"
 
 @dataclass
 class AlphaConfig:
+    # Sizes the data decides (SPEC.derived).
     vocab_size: int = 2
     keyword_size: int = 1
     entity_size: int = 2
     verb_size: int = 2
     modality_size: int = 1
     action_size: int = 1
+    # The code each record is stored as, and the networks around it.
     code_dim: int = 32
     embed_dim: int = 64
     hidden: int = 128
     feedback_layers: int = 1
+
+
+@dataclass
+class AlphaSettings(AlphaConfig):
+    # Denoising: the share of words dropped and the noise on the modality vector; loss weights.
+    drop_fraction: float = 0.3
+    modality_noise: float = 0.3
+    contrastive_weight: float = 1.0
+    temperature: float = 0.1
+    feedback_weight: float = 10.0  # the reward is a (verb, object, action) table: weak weights leave it at the mean
 
 
 @register_architecture("alpha_deep_model")
@@ -330,7 +327,7 @@ def _config_from(name: str, bundle, hp: dict) -> AlphaConfig:
 
 
 def fit(job: FitJob) -> FitResult:
-    hp = {**DEFAULTS, **job.hparams}
+    hp = SPEC.resolve(job.hparams)
     if len(job.datasets) != 1:
         raise ConfigError(f"alpha_deep_model trains on one memory dataset, got {sorted(job.datasets)}")
     name, bundle = next(iter(job.datasets.items()))
@@ -377,9 +374,9 @@ def write_memory_bank(out_dir, model: AlphaDeepModel, bundle, splits) -> None:
     atomic.write_json(out_dir / BANK_IDS, ids)
 
 
-def predict(model_dir, inputs: list[str], top: int = 1) -> dict[str, list[tuple[str, float]]]:
-    """`unified-pipeline predict alpha_deep_model RECORD.json --top 3`: the nearest stored records
-    (id, cosine similarity of codes) and the predicted feedback (memory_queries)."""
-    from unified_pipeline.models.memory_queries import predict as run
-
-    return run(model_dir, inputs, top)
+# memory_queries.SPEC adds predict (the registry names that module).
+SPEC = ModelSpec(
+    settings=AlphaSettings, fit=fit,
+    derived=("vocab_size", "keyword_size", "entity_size", "verb_size", "modality_size", "action_size"),
+    trainer_defaults={"epochs": 120, "batch_size": 128, "learning_rate": 3e-3, "weight_decay": 1e-4},
+)

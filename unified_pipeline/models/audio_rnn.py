@@ -16,7 +16,6 @@ packed sequence, the host lengths and the random SpecAugment offsets all break i
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,28 +26,16 @@ from torch.nn.utils.rnn import PackedSequence
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
+from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
-
-DEFAULTS: dict[str, Any] = {
-    "epochs": 20,
-    "batch_size": 32,
-    "learning_rate": 3e-3,
-    "weight_decay": 1e-4,
-    "early_stopping_patience": 6,
-    "conv_channels": 64,
-    "conv_stride": 2,
-    "hidden_size": 64,
-    "rnn": "gru",
-    "dropout": 0.2,
-    "spec_mask": 4,
-}
 
 
 @dataclass
 class AudioRNNConfig:
-    num_classes: int = 10
+    num_classes: int = 10  # from the data, with n_mels (SPEC.derived)
     n_mels: int = 40
+    # A strided 1-d convolution over the mel frames, then the recurrent layers.
     conv_channels: int = 64
     conv_kernel: int = 5
     conv_stride: int = 2
@@ -165,26 +152,20 @@ class AudioRNN(BaseModel):
 
 
 def build(meta: dict[str, Any], hp: dict[str, Any]) -> AudioRNN:
-    names = {f.name for f in dataclasses.fields(AudioRNNConfig)}
-    cfg = AudioRNNConfig(**{k: v for k, v in hp.items() if k in names})
-    cfg.num_classes = len(meta["classes"])
-    cfg.n_mels = int(meta["n_mels"])
-    return AudioRNN(cfg)
+    return AudioRNN(config_from(AudioRNNConfig, hp, num_classes=len(meta["classes"]), n_mels=int(meta["n_mels"])))
 
 
-_EXTRA_KEYS = ("sample_rate", "n_mels", "hop_length", "n_fft", "win_length", "max_samples", "log_offset", "mean", "std")
+AUDIO_FACTS = ("sample_rate", "n_mels", "hop_length", "n_fft", "win_length", "max_samples", "log_offset", "mean", "std")
 
 
 def fit(job: FitJob) -> FitResult:
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    bundle = _bundle(job, "audio")
+    job, bundle, data = classifier_job(job, SPEC, "audio", ("x", "lengths"))
     meta = bundle.meta
     torch.manual_seed(job.seed)
     model = build(meta, job.hparams)
-    data = {s: _split(bundle, s, ("x", "lengths")) for s in ("train", "val", "test")}
-    extra = {k: meta[k] for k in _EXTRA_KEYS if k in meta}
+    extra = {k: meta[k] for k in AUDIO_FACTS if k in meta}
     extra["dataset"] = meta.get("dataset")
     return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra)
 
@@ -219,7 +200,15 @@ def load_clips(paths: Sequence[str | Path], extra: dict[str, Any]) -> tuple[torc
 
 @torch.no_grad()
 def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
-    """wav/flac/ogg paths -> (label, probability) per clip."""
+    """wav/flac/ogg paths -> (label, probability) per clip, for any model of (log-mel, lengths)."""
     model = BaseModel.load(model_dir)
     x, lengths = load_clips(list(inputs), model.extra)
     return probabilities_to_labels(model(x, lengths), model.extra["classes"], top)
+
+
+SPEC = ModelSpec(
+    settings=AudioRNNConfig, fit=fit, predict=predict, build=build, inputs=("x", "lengths"),
+    derived=("num_classes", "n_mels"), warm_start=True,
+    trainer_defaults={"epochs": 20, "batch_size": 32, "learning_rate": 3e-3, "weight_decay": 1e-4,
+                      "early_stopping_patience": 6},
+)

@@ -16,10 +16,9 @@ as metrics["baseline"] ("same student without teacher").
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,30 +26,15 @@ from torch import nn
 
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
-from unified_pipeline.models.audio_rnn import _EXTRA_KEYS, load_clips
+from unified_pipeline.models import audio_rnn
+from unified_pipeline.models.audio_rnn import AUDIO_FACTS
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.models.inputs import classifier_job
+from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
 TEACHER = "audio_service"
 BASELINE_NAME = "same student without teacher"
-
-DEFAULTS: dict[str, Any] = {
-    # A short budget: long enough for the student alone to reach ~96%, short enough that what the
-    # teacher adds still shows (on the 10-word sample both converge to ~99% given 20+ epochs).
-    "epochs": 3,
-    "batch_size": 32,
-    "learning_rate": 3e-3,
-    "weight_decay": 1e-4,
-    "early_stopping_patience": 0,
-    "channels": 16,
-    "dropout": 0.1,
-    "temperature": 2.0,
-    "distill_alpha": 0.7,
-    # Extra SpecAugment copies of the train split. The teacher scores each copy, so the student
-    # learns how confident to be on degraded input; the no-teacher run trains on the same copies.
-    "teacher_views": 2,
-}
 
 
 def masked_views(x: torch.Tensor, lengths: torch.Tensor, views: int, seed: int, width: int = 6) -> torch.Tensor:
@@ -73,12 +57,23 @@ def masked_views(x: torch.Tensor, lengths: torch.Tensor, views: int, seed: int, 
 
 @dataclass
 class AudioStudentConfig:
-    num_classes: int = 10
+    num_classes: int = 10  # from the data, with n_mels (SPEC.derived)
     n_mels: int = 40
+    # Two convolutions: the first strided over frames, the second dilated.
     channels: int = 16
     kernel: int = 5
     stride: int = 2
     dropout: float = 0.1
+
+
+@dataclass
+class StudentSettings(AudioStudentConfig):
+    # Distillation: softened teacher targets, and their weight against the hard labels.
+    temperature: float = 2.0
+    distill_alpha: float = 0.7
+    # Extra SpecAugment copies of the train split. The teacher scores each copy, so the student
+    # learns how confident to be on degraded input; the no-teacher run trains on the same copies.
+    teacher_views: int = 2
 
 
 @register_architecture("audio_student")
@@ -118,11 +113,7 @@ class AudioStudent(BaseModel):
 
 
 def build(meta: dict[str, Any], hp: dict[str, Any]) -> AudioStudent:
-    names = {f.name for f in dataclasses.fields(AudioStudentConfig)}
-    cfg = AudioStudentConfig(**{k: v for k, v in hp.items() if k in names})
-    cfg.num_classes = len(meta["classes"])
-    cfg.n_mels = int(meta["n_mels"])
-    return AudioStudent(cfg)
+    return AudioStudent(config_from(AudioStudentConfig, hp, num_classes=len(meta["classes"]), n_mels=int(meta["n_mels"])))
 
 
 def distillation_loss(temperature: float, alpha: float):
@@ -162,13 +153,11 @@ def fit(job: FitJob) -> FitResult:
     )
     from unified_pipeline.training.trainer import Trainer, TrainerConfig
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
     if TEACHER not in job.upstream:
         raise ConfigError(f"audio_student: needs the trained {TEACHER} model; upstream has {sorted(job.upstream)}")
-    bundle = _bundle(job, "audio")
+    job, bundle, data = classifier_job(job, SPEC, "audio", ("x", "lengths"))
     meta = bundle.meta
     classes = list(meta["classes"])
-    data = {s: _split(bundle, s, ("x", "lengths")) for s in ("train", "val", "test")}
     (x, lengths), y = data["train"]
     views = int(job.hp("teacher_views"))
     if views:
@@ -194,7 +183,7 @@ def fit(job: FitJob) -> FitResult:
     job.log.info(f"audio_student without teacher: test accuracy {baseline['accuracy']:.4f}")
 
     loss_fn = distillation_loss(float(job.hp("temperature")), float(job.hp("distill_alpha")))
-    extra = {k: meta[k] for k in _EXTRA_KEYS if k in meta}
+    extra = {k: meta[k] for k in AUDIO_FACTS if k in meta}
     extra.update(dataset=meta.get("dataset"), classes=classes, teacher=str(job.upstream[TEACHER]))
     result = fit_with_trainer(
         job, student, (x, lengths, soft, y), split["val"], split["test"],
@@ -209,9 +198,11 @@ def fit(job: FitJob) -> FitResult:
     return result
 
 
-@torch.no_grad()
-def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
-    """wav/flac/ogg paths -> (label, probability) per clip."""
-    model = BaseModel.load(model_dir)
-    x, lengths = load_clips(list(inputs), model.extra)
-    return probabilities_to_labels(model(x, lengths), model.extra["classes"], top)
+SPEC = ModelSpec(
+    settings=StudentSettings, fit=fit, predict=audio_rnn.predict, build=build, inputs=("x", "lengths"),
+    derived=("num_classes", "n_mels"),
+    # A short budget: long enough for the student alone to reach ~96%, short enough that what the
+    # teacher adds still shows (on the 10-word sample both converge to ~99% given 20+ epochs).
+    trainer_defaults={"epochs": 3, "batch_size": 32, "learning_rate": 3e-3, "weight_decay": 1e-4,
+                      "early_stopping_patience": 0},
+)

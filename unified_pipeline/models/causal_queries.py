@@ -11,11 +11,12 @@ counterfactual one answers what Y would have been in that observed unit under do
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 from unified_pipeline.errors import ConfigError
-from unified_pipeline.models import query_input
+from unified_pipeline.models import causal_reasoning, query_input
 from unified_pipeline.models.base import BaseModel
 from unified_pipeline.models.causal_reasoning import CausalReasoningEngine, counterfactual, intervene
 
@@ -102,8 +103,11 @@ def answer(model: CausalReasoningEngine, query: str) -> list[tuple[str, float]]:
     return pairs
 
 
-def predict(model_dir: str | Path, inputs: list[str]) -> list[list[tuple[str, float]]]:
+def predict(model_dir: str | Path, inputs: list[str], top: int = 1) -> list[list[tuple[str, float]]]:
     model = BaseModel.load(model_dir)
     if not isinstance(model, CausalReasoningEngine):
         raise ConfigError(f"{model_dir} holds a {model.architecture!r} model, not a causal reasoning engine")
     return [answer(model, q) for q in inputs]
+
+
+SPEC = dataclasses.replace(causal_reasoning.SPEC, predict=predict)

@@ -39,30 +39,32 @@ from torch import nn
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.spec import ModelSpec
 from unified_pipeline.models.causal_scores import check_without_headline, choose_standardize, edge_stability, no_truth_scores
 from unified_pipeline.models.notears import (
     LagrangianSettings, NotearsMLP, notears_linear, notears_mlp, refit_in_order, structure_metrics,
     threshold_to_dag, topological_order)
 from unified_pipeline.training.job import FitJob, FitResult
 
-DEFAULTS: dict[str, Any] = {
-    "method": "auto",  # "linear", "mlp", or "auto": from the generator's recorded SEM, else linear
-    "standardize": "auto",  # true, false, or "auto": when column spreads differ widely (causal_scores)
-    "bootstrap_rounds": 8,  # refits on resampled rows for edge stability, on datasets without ground truth
-    "lambda1_linear": 0.1,
-    "lambda1_mlp": 0.003,  # 0.01 (the paper's) zeroes weak sigmoid edges: d=20 sample SHD 12 -> 7
-    "lambda2_mlp": 0.01,
-    "hidden": 10,
-    "w_threshold": 0.3,
-    "h_tol": 1e-8,
-    "rho_max": 1e16,
-    "max_outer": 100,
-    "inner_maxiter_linear": 3000,
-    "inner_maxiter_mlp": 200,  # caps each L-BFGS-B solve; more (1000) did not change the sample SHD
-    "refit_order": True,  # linear: OLS on all predecessors in the learned causal order, then threshold
-    "fit_splits": ["train", "val", "test"],
-    "n_residuals": 1000,  # residual rows kept for noise resampling in interventions
-}
+
+@dataclass
+class CausalSettings:
+    method: str = "auto"  # "linear", "mlp", or "auto": from the generator's recorded SEM, else linear
+    standardize: Any = "auto"  # true, false, or "auto": when column spreads differ widely (causal_scores)
+    bootstrap_rounds: int = 8  # refits on resampled rows for edge stability, on datasets without ground truth
+    lambda1_linear: float = 0.1
+    lambda1_mlp: float = 0.003  # 0.01 (the paper's) zeroes weak sigmoid edges: d=20 sample SHD 12 -> 7
+    lambda2_mlp: float = 0.01
+    hidden: int = 10
+    w_threshold: float = 0.3
+    h_tol: float = 1e-8
+    rho_max: float = 1e16
+    max_outer: int = 100
+    inner_maxiter_linear: int = 3000
+    inner_maxiter_mlp: int = 200  # caps each L-BFGS-B solve; more (1000) did not change the sample SHD
+    refit_order: bool = True  # linear: OLS on all predecessors in the learned causal order, then threshold
+    fit_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    n_residuals: int = 1000  # residual rows kept for noise resampling in interventions
 
 
 @dataclass
@@ -107,6 +109,7 @@ class CausalReasoningEngine(BaseModel):
 
     def __init__(self, config: CausalConfig):
         super().__init__(config)
+        # One structural model per dataset, rebuilt from the config alone (BaseModel.load).
         self.graphs = nn.ModuleDict({
             name: CausalSEM(g["d"], g["method"], g.get("hidden", 10), g["n_residuals"])
             for name, g in config.graphs.items()
@@ -259,7 +262,7 @@ def engine_device(job_device: str) -> tuple[str, str]:
 
 
 def fit(job: FitJob) -> FitResult:
-    hp = {**DEFAULTS, **job.hparams}
+    hp = SPEC.resolve(job.hparams)
     device, why = engine_device(job.device)
     job.log.info("causal_reasoning_engine on %s: %s", device, why)
     if not job.datasets:
@@ -378,8 +381,6 @@ def fit(job: FitJob) -> FitResult:
         all_metrics["check"] = rule
         job.log.info("causal: %s", rule["why"])
     wall = time.monotonic() - start
-    atomic.write_json(job.out_dir / "metrics.json", all_metrics)
-    atomic.write_json(job.out_dir / "history.json", history)
     rows = sum(int(g["n_residuals"]) for g in graphs.values())
     notes["headline"] = "shd = worst structural Hamming distance over datasets with a ground-truth graph"
     return FitResult(metrics=all_metrics, history=history, param_count=model.num_parameters(),
@@ -387,9 +388,5 @@ def fit(job: FitJob) -> FitResult:
                      wall_time_s=wall, device=str(device), plots=plots, notes={**notes, "device_choice": why})
 
 
-def predict(model_dir, inputs: list[str]) -> list[list[tuple[str, float]]]:
-    """`unified-pipeline predict causal_reasoning_engine "sem_linear_d10: do(X3=1.0) -> X7"`:
-    interventional vs observational mean, or a counterfactual with "given ..." (causal_queries)."""
-    from unified_pipeline.models.causal_queries import predict as run
-
-    return run(model_dir, inputs)
+# causal_queries.SPEC adds predict (the registry names that module).
+SPEC = ModelSpec(settings=CausalSettings, fit=fit)

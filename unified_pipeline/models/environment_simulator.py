@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -22,20 +21,10 @@ from torch import nn
 from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.spec import ModelSpec
 from unified_pipeline.training import trainer as trainer_mod
 from unified_pipeline.training.job import FitJob, FitResult
 
-DEFAULTS: dict[str, Any] = {
-    "members": 5,
-    "hidden": 128,
-    "layers": 3,
-    "epochs": 40,
-    "batch_size": 256,
-    "learning_rate": 2e-3,
-    "weight_decay": 1e-5,
-    "early_stopping_patience": 8,
-    "horizons": [10, 30],
-}
 FIELDS = ("state", "action", "next_state", "reward", "episode")
 STATS = ("state_mean", "state_std", "action_mean", "action_std", "delta_mean", "delta_std", "reward_mean", "reward_std")
 Z90 = 1.6448536269514722  # two-sided 90% interval of a Gaussian
@@ -47,6 +36,11 @@ class EnvSimConfig:
     members: int = 5
     hidden: int = 128
     layers: int = 3
+
+
+@dataclass
+class EnvSimSettings(EnvSimConfig):
+    horizons: list[int] = field(default_factory=lambda: [10, 30])  # open-loop rollout lengths scored on test
 
 
 class EnsembleLinear(nn.Module):
@@ -286,7 +280,7 @@ def _plot_rollouts(path, model: EnvironmentSimulator, name: str, tensors: dict, 
 
 
 def fit(job: FitJob) -> FitResult:
-    hp = {**DEFAULTS, **job.hparams}
+    hp = SPEC.resolve(job.hparams)
     if not job.datasets:
         raise ConfigError("environment_simulator needs at least one transitions dataset")
     for name, bundle in job.datasets.items():
@@ -351,8 +345,6 @@ def fit(job: FitJob) -> FitResult:
                    "action": list(job.datasets[n].meta.get("action_columns") or [])} for n in names}
     model.save(job.out_dir, extra={"datasets": names, "columns": columns})
     result_metrics = {"test": metrics, "baseline": baseline}
-    atomic.write_json(job.out_dir / "metrics.json", result_metrics)
-    atomic.write_json(job.out_dir / "history.json", history)
     wall = time.monotonic() - start
     return FitResult(metrics=result_metrics, history=history, param_count=model.num_parameters(),
                      epochs_run=epochs_run, samples_per_s=sum(throughput) / max(len(throughput), 1),
@@ -361,9 +353,9 @@ def fit(job: FitJob) -> FitResult:
                             "baseline": "copy the last state"})
 
 
-def predict(model_dir, inputs: list[str]) -> dict[str, list[tuple[str, float]]]:
-    """`unified-pipeline predict environment_simulator '{"state": [...], "actions": [[...], ...]}'`:
-    per query, the predicted state, reward and their std after each action (simulator_queries)."""
-    from unified_pipeline.models.simulator_queries import predict as run
-
-    return run(model_dir, inputs)
+# simulator_queries.SPEC adds predict (the registry names that module).
+SPEC = ModelSpec(
+    settings=EnvSimSettings, fit=fit, derived=("worlds",),
+    trainer_defaults={"epochs": 40, "batch_size": 256, "learning_rate": 2e-3, "weight_decay": 1e-5,
+                      "early_stopping_patience": 8},
+)

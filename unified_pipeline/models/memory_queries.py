@@ -13,6 +13,7 @@ predicted feedback: "reward if ACTION" and "success if ACTION" for the record's 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from unified_pipeline.datasets.memory import field, words
 from unified_pipeline.errors import ConfigError, IntegrityError
+from unified_pipeline.models import alpha_deep_model
 from unified_pipeline.models.alpha_deep_model import (
     BANK_IDS, BANK_TENSORS, ENCODING_META, AlphaDeepModel, encode, nearest, predict_feedback, quantise)
 from unified_pipeline.models.base import BaseModel
@@ -134,3 +136,6 @@ def predict(model_dir: str | Path, inputs: list[str], top: int = 1) -> dict[str,
             pairs += [(f"reward if {actions[a]}", reward), (f"success if {actions[a]}", success)]
         out[item] = pairs
     return out
+
+
+SPEC = dataclasses.replace(alpha_deep_model.SPEC, predict=predict)

@@ -27,12 +27,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from unified_pipeline import atomic
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.audio_rnn import AudioRNN, AudioRNNConfig
 from unified_pipeline.models.base import BaseModel, register_architecture
 from unified_pipeline.models.text_transformer import TextTransformer, TextTransformerConfig
-from unified_pipeline.models.vision_cnn import VisionCNN, VisionCNNConfig, _bundle, probabilities_to_labels
+from unified_pipeline.models.inputs import one_bundle, probabilities_to_labels
+from unified_pipeline.models.spec import ModelSpec
+from unified_pipeline.models.vision_cnn import VisionCNN, VisionCNNConfig
 from unified_pipeline.training.job import FitJob, FitResult
 
 CLASSES = ["no_match", "match"]
@@ -45,19 +46,6 @@ CLASSIFIER_PARTS = {"vision": ("head.",), "audio": ("head.",), "text": ("head.",
 ARCHITECTURES = {"vision": "vision_cnn", "audio": "audio_rnn", "text": "text_transformer"}
 INPUT_KEYS = {"vision": "image", "audio": "audio", "text": "text"}  # JSON keys of a predict input
 
-DEFAULTS: dict[str, Any] = {
-    "epochs": 3,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "weight_decay": 1e-4,
-    "early_stopping_patience": 0,
-    "pairs_train": 3000,
-    "pairs_eval": 1000,
-    "fusion_dim": 64,
-    "hidden": 128,
-    "dropout": 0.1,
-}
-
 
 @dataclass
 class FusionConfig:
@@ -69,6 +57,12 @@ class FusionConfig:
     dropout: float = 0.1
     freeze_encoders: bool = True
     finetune: list = field(default_factory=list)  # sides whose encoder trains even when freeze_encoders
+
+
+@dataclass
+class FusionSettings(FusionConfig):
+    pairs_train: int = 3000  # tuples drawn from the train splits
+    pairs_eval: int = 1000  # tuples drawn from each of the val and test splits
 
 
 @register_architecture("multimodal_fusion")
@@ -235,8 +229,8 @@ def fit(job: FitJob) -> FitResult:
 
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    bundles = {s: _bundle(job, s) for s in SIDES}
+    job = dataclasses.replace(job, hparams=SPEC.resolve(job.hparams))
+    bundles = {s: one_bundle(job, s) for s in SIDES}
     dirs = _upstream(job)
     cfgs = {s: BaseModel.read_config(d) for s, d in dirs.items()}
     vm, am = bundles["vision"].meta, bundles["audio"].meta
@@ -285,7 +279,6 @@ def fit(job: FitJob) -> FitResult:
     result = fit_classifier(sub, model, data, classes=CLASSES, extra=extra, baseline=baseline, baseline_name=BASELINE_NAME)
     by_side = accuracy_by_side(model, data["test"], test_changes)
     result.metrics["test"].update(by_side)
-    atomic.write_json(Path(job.out_dir) / "metrics.json", result.metrics)
     job.log.info("multimodal_service test accuracy by side: %s", {k: round(v, 3) for k, v in by_side.items()})
     result.notes["transfer"] = "encoders loaded from upstream models and frozen; fusion head trained"
     result.notes["upstream"] = {s: str(d) for s, d in dirs.items()}
@@ -325,3 +318,11 @@ def predict(model_dir: Path, inputs: Sequence[Any], top: int = 1) -> list:
     mel, lengths = load_clips([r[1] for r in rows], model.extra["audio"])
     tokens = encode_texts([r[2] for r in rows], model.extra["text"]) if model.text is not None else None
     return probabilities_to_labels(model(images, mel, lengths, tokens), model.extra["classes"], top)
+
+
+SPEC = ModelSpec(
+    settings=FusionSettings, fit=fit, predict=predict,
+    derived=(*SIDES, "freeze_encoders"),  # the encoders' configs come from the upstream models; fit sets freezing
+    trainer_defaults={"epochs": 3, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 1e-4,
+                      "early_stopping_patience": 0},
+)

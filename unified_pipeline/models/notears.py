@@ -20,6 +20,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from unified_pipeline.datasets.causal import find_cycle
+from unified_pipeline.datasets.samples.structural_equations import topological_order as kahn_order
+
 
 @dataclass
 class LagrangianSettings:
@@ -222,49 +225,10 @@ def refit_in_order(cov: np.ndarray, order: list[int], threshold: float) -> np.nd
     return w
 
 
-def find_cycle(adj: np.ndarray) -> list[int] | None:
-    """Nodes of one directed cycle in the graph adj != 0 (as a closed path), or None if acyclic."""
-    d = adj.shape[0]
-    colour = [0] * d  # 0 unvisited, 1 on stack, 2 done
-    parent = [-1] * d
-    for start in range(d):
-        if colour[start]:
-            continue
-        stack = [(start, iter(np.flatnonzero(adj[start])))]
-        colour[start] = 1
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                colour[node] = 2
-                stack.pop()
-                continue
-            child = int(child)
-            if colour[child] == 1:  # back edge closes a cycle
-                cycle = [node]
-                while cycle[-1] != child:
-                    cycle.append(parent[cycle[-1]])
-                return cycle[::-1]
-            if colour[child] == 0:
-                colour[child], parent[child] = 1, node
-                stack.append((child, iter(np.flatnonzero(adj[child]))))
-    return None
-
-
 def topological_order(adj: np.ndarray) -> list[int] | None:
-    """Kahn's algorithm on adj != 0; None when a cycle remains."""
-    d = adj.shape[0]
-    indeg = (adj != 0).sum(0).astype(int)
-    ready = [i for i in range(d) if indeg[i] == 0]
-    order = []
-    while ready:
-        node = ready.pop(0)
-        order.append(node)
-        for child in np.flatnonzero(adj[node]):
-            indeg[child] -= 1
-            if indeg[child] == 0:
-                ready.append(int(child))
-    return order if len(order) == d else None
+    """Nodes with every edge (adj != 0) pointing forward; None when a cycle remains."""
+    order = kahn_order((adj != 0).astype(int))
+    return order if len(order) == adj.shape[0] else None
 
 
 def threshold_to_dag(weights: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
@@ -276,8 +240,8 @@ def threshold_to_dag(weights: np.ndarray, threshold: float) -> tuple[np.ndarray,
     np.fill_diagonal(w, 0.0)
     dropped = 0
     while topological_order(w) is None:
-        cycle = find_cycle(w)
-        edges = list(zip(cycle, cycle[1:] + cycle[:1]))
+        cycle = find_cycle(w)  # a closed path: its first node again at the end
+        edges = list(zip(cycle, cycle[1:]))
         i, j = min(edges, key=lambda e: abs(w[e]))
         w[i, j] = 0.0
         dropped += 1

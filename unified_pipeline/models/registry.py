@@ -1,19 +1,27 @@
 """Every trainable model, one line each.
 
 The entry holds only what the Dagster graph needs at import time (cheap: no torch import);
-the model's module is imported inside the training step. Adding a model: one new file in
-`models/` exposing `fit(job) -> FitResult` (see training/job.py) and one line here.
+the model's module, imported inside the training step, ends with `SPEC = ModelSpec(...)`
+(models/spec.py: settings dataclass, fit, predict, build, warm start). Adding a model: one new
+module with its SPEC and one line here.
 """
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from unified_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from unified_pipeline.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    module: str  # module exposing fit(job) -> FitResult and predict helpers
+    module: str  # module whose SPEC (models/spec.py) trains, predicts and lists the settings
     dataset_kinds: tuple[str, ...]  # kinds of dataset lane it reads (one dataset per kind unless all_datasets)
     description: str
     metric: str  # headline test metric in FitResult.metrics["test"]
@@ -36,6 +44,13 @@ class ModelEntry:
     def base(self) -> str:
         return self.architecture or self.name
 
+    def spec(self) -> "ModelSpec":
+        """The model module's SPEC (imports the module: torch and all)."""
+        spec = getattr(importlib.import_module(self.module), "SPEC", None)
+        if spec is None:
+            raise ConfigError(f"model {self.name!r}: module {self.module} defines no SPEC (models/spec.py)")
+        return spec
+
 
 CONTROLLER = "adaptive_learning_controller"
 
@@ -56,13 +71,13 @@ MODELS: dict[str, ModelEntry] = {
                    "speech and word?)", "accuracy", 0.85,
                    upstream_models=("vision_service", "audio_service", "text_service"),
                    default_datasets=("digits", "spoken_digits", "number_words"), group="concept_models"),
-        ModelEntry("environment_simulator", "unified_pipeline.models.environment_simulator", ("transitions",),
+        ModelEntry("environment_simulator", "unified_pipeline.models.simulator_queries", ("transitions",),
                    "Probabilistic MLP ensemble world model (worst-case one-step MSE / copy-last-state MSE)",
                    "mse_ratio_vs_copy", 0.1, higher_is_better=False, all_datasets=True, group="concept_models"),
-        ModelEntry("causal_reasoning_engine", "unified_pipeline.models.causal_reasoning", ("causal",),
+        ModelEntry("causal_reasoning_engine", "unified_pipeline.models.causal_queries", ("causal",),
                    "NOTEARS structural causal model (worst SHD vs the true graph among linear-SEM datasets)",
                    "shd_linear", 3.0, higher_is_better=False, all_datasets=True, group="concept_models"),
-        ModelEntry("alpha_deep_model", "unified_pipeline.models.alpha_deep_model", ("memory",),
+        ModelEntry("alpha_deep_model", "unified_pipeline.models.memory_queries", ("memory",),
                    "Denoising memory autoencoder: 32-byte int8 codes, retrieval recall@1",
                    "recall_at_1", 0.8, default_datasets=("memory_records",), group="concept_models"),
         ModelEntry("audio_student", "unified_pipeline.models.audio_student", ("audio",),
@@ -146,7 +161,6 @@ def reset_instances() -> None:
 
 def declared_models() -> dict[str, ModelEntry]:
     """MODELS with the current preset's instances registered (for callers that did not load it)."""
-    from unified_pipeline.errors import ConfigError
     from unified_pipeline.presets import load_preset
 
     if MODELS.keys() == BUILT_IN.keys():

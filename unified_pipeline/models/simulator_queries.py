@@ -10,11 +10,13 @@ predicted state variables, their std, the reward and its std (labels like "t3 ca
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from unified_pipeline.errors import ConfigError
+from unified_pipeline.models import environment_simulator
 from unified_pipeline.models.base import BaseModel
 from unified_pipeline.models.environment_simulator import EnvironmentSimulator, simulate
 from unified_pipeline.models.query_input import json_items, number_list, short
@@ -67,9 +69,12 @@ def answer(model: EnvironmentSimulator, obj: dict, where: str) -> list[tuple[str
     return pairs
 
 
-def predict(model_dir: str | Path, inputs: list[str]) -> dict[str, list[tuple[str, float]]]:
+def predict(model_dir: str | Path, inputs: list[str], top: int = 1) -> dict[str, list[tuple[str, float]]]:
     model = BaseModel.load(model_dir)
     if not isinstance(model, EnvironmentSimulator):
         raise ConfigError(f"{model_dir} holds a {model.architecture!r} model, not an environment simulator")
     return {item: answer(model, obj, f"environment_simulator: {short(item)}")
             for item, obj in json_items(inputs, "environment_simulator")}
+
+
+SPEC = dataclasses.replace(environment_simulator.SPEC, predict=predict)

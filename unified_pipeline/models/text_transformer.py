@@ -3,7 +3,7 @@ logistic regression.
 
 Token + learned position + hashed character n-gram embeddings, pre-norm encoder layers with a
 key padding mask, and mean pooling over non-pad tokens (beside the pooled input embeddings).
-With `linear_ngrams` (on by default), a logistic regression over hashed, case-folded character
+With `linear_ngrams` (on in the default preset), a logistic regression over hashed, case-folded character
 n-gram TF-IDF features (models/hashed_tfidf.py) is fitted first, by L-BFGS, and frozen; the
 encoder and its head then train on their own loss, so the encoder learns what it would alone
 (the multimodal model reuses it without the head). Prediction mixes the two parts'
@@ -12,7 +12,6 @@ n-gram logistic regression on the same split (models/baselines.py) so both are r
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,39 +22,22 @@ from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
-from unified_pipeline.models.vision_cnn import _bundle, _split, probabilities_to_labels
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
+from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
 PAD, UNK = 0, 1
-
-DEFAULTS: dict[str, Any] = {
-    "epochs": 12,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "weight_decay": 0.05,
-    "early_stopping_patience": 8,
-    "d_model": 64,
-    "n_heads": 4,
-    "n_layers": 2,
-    "ff_mult": 2,
-    "conv_kernel": 0,
-    "ngram_orders": [2, 3, 4],
-    "ngram_buckets": 32768,
-    "dropout": 0.1,
-    "wide": True,
-    "linear_ngrams": True,
-    "linear_ngram_buckets": 262144,
-}
 
 MIX_GRID = tuple(i / 10 for i in range(11))  # weight of the linear part's log-probabilities
 
 
 @dataclass
 class TextTransformerConfig:
-    vocab_size: int = 64
+    vocab_size: int = 64  # from the data, with max_len and num_classes (SPEC.derived)
     max_len: int = 64
     num_classes: int = 2
-    d_model: int = 96
+    # Encoder: width, heads, depth, feed-forward width as a multiple of d_model.
+    d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
     ff_mult: int = 2
@@ -66,7 +48,7 @@ class TextTransformerConfig:
     wide: bool = True  # also pool the input embeddings (bag of n-grams) beside the encoder output
     # The hashed n-gram TF-IDF logistic regression beside the encoder: on a few thousand texts it
     # is the strong part, and the encoder adds what word order and context give. Off here so
-    # versions saved without it load; DEFAULTS turns it on.
+    # versions saved without it load; the default preset turns it on.
     linear_ngrams: bool = False
     linear_ngram_buckets: int = 262144
 
@@ -176,11 +158,8 @@ class TextTransformer(BaseModel):
 
 def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int | None = None) -> TextTransformer:
     """`max_len` defaults to the data lane's `meta["max_len"]`."""
-    names = {f.name for f in dataclasses.fields(TextTransformerConfig)}
-    cfg = TextTransformerConfig(**{k: v for k, v in hp.items() if k in names})
-    cfg.vocab_size = len(meta["vocab"])
-    cfg.num_classes = len(meta["classes"])
-    cfg.max_len = int(max_len or meta.get("max_len") or 0)
+    cfg = config_from(TextTransformerConfig, hp, vocab_size=len(meta["vocab"]), num_classes=len(meta["classes"]),
+                      max_len=int(max_len or meta.get("max_len") or 0))
     if cfg.max_len < 1:
         raise ConfigError(f"text_service: dataset {meta.get('dataset')!r} meta has no max_len")
     model = TextTransformer(cfg)
@@ -230,10 +209,8 @@ def fit(job: FitJob) -> FitResult:
     from unified_pipeline.models.baselines import TEXT_BASELINE_NAME, char_ngram_baseline
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    bundle = _bundle(job, "text")
+    job, bundle, data = classifier_job(job, SPEC, "text", ("x",))
     meta = bundle.meta
-    data = {s: _split(bundle, s, ("x",)) for s in ("train", "val", "test")}
     texts = bundle.sidecars.get("texts")
     baseline = None
     if texts is not None:
@@ -274,3 +251,11 @@ def predict(model_dir: Path, inputs: Sequence[str], top: int = 1) -> list:
     """Strings -> (label, probability) per string."""
     model = BaseModel.load(model_dir)
     return probabilities_to_labels(model(encode_texts(list(inputs), model.extra)), model.extra["classes"], top)
+
+
+SPEC = ModelSpec(
+    settings=TextTransformerConfig, fit=fit, predict=predict, build=build, inputs=("x",),
+    derived=("vocab_size", "max_len", "num_classes"), warm_start=True,
+    trainer_defaults={"epochs": 12, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 0.05,
+                      "early_stopping_patience": 8},
+)

@@ -5,7 +5,6 @@ user images alike; the input shape and classes come from the tensor bundle's met
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,21 +14,9 @@ from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
 from unified_pipeline.models.base import BaseModel, register_architecture
+from unified_pipeline.models.inputs import classifier_job, probabilities_to_labels
+from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
-
-DEFAULTS: dict[str, Any] = {
-    "epochs": 30,
-    "batch_size": 64,
-    "learning_rate": 3e-3,
-    "weight_decay": 1e-4,
-    "early_stopping_patience": 8,
-    "widths": [32, 64],
-    "blocks_per_stage": 2,
-    "dropout": 0.2,
-    "norm": "batch",
-    "activation": "gelu",
-    "max_shift": 1,
-}
 
 
 @dataclass
@@ -103,27 +90,9 @@ class VisionCNN(BaseModel):
         return self.head(self.encode(x))
 
 
-def _bundle(job: FitJob, kind: str):
-    matches = [b for b in job.datasets.values() if b.meta.get("kind") == kind]
-    if len(matches) != 1:
-        raise DatasetError(f"{job.model}: needs exactly one {kind} dataset, got {sorted(job.datasets)}")
-    return matches[0]
-
-
-def _split(bundle, split: str, fields: Sequence[str]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    part = bundle.split(split)
-    missing = [f for f in (*fields, "y") if f not in part]
-    if missing:
-        raise DatasetError(f"dataset {bundle.meta.get('dataset')!r}: split {split!r} lacks tensor(s) {missing}")
-    return tuple(part[f] for f in fields), part["y"]
-
-
 def build(meta: dict[str, Any], hp: dict[str, Any]) -> VisionCNN:
-    names = {f.name for f in dataclasses.fields(VisionCNNConfig)}
-    cfg = VisionCNNConfig(**{k: v for k, v in hp.items() if k in names})
-    cfg.num_classes = len(meta["classes"])
-    cfg.in_channels = int(meta.get("channels", 1))
-    cfg.image_size = [int(s) for s in meta["image_size"]]
+    cfg = config_from(VisionCNNConfig, hp, num_classes=len(meta["classes"]), in_channels=int(meta.get("channels", 1)),
+                      image_size=[int(s) for s in meta["image_size"]])
     cfg.widths = [int(w) for w in cfg.widths]
     return VisionCNN(cfg)
 
@@ -131,12 +100,10 @@ def build(meta: dict[str, Any], hp: dict[str, Any]) -> VisionCNN:
 def fit(job: FitJob) -> FitResult:
     from unified_pipeline.training.classification import fit_classifier
 
-    job = dataclasses.replace(job, hparams={**DEFAULTS, **job.hparams})
-    bundle = _bundle(job, "vision")
+    job, bundle, data = classifier_job(job, SPEC, "vision", ("x",))
     meta = bundle.meta
     torch.manual_seed(job.seed)
     model = build(meta, job.hparams)
-    data = {s: _split(bundle, s, ("x",)) for s in ("train", "val", "test")}
     extra = {
         "dataset": meta.get("dataset"),
         "channels": int(meta.get("channels", 1)),
@@ -166,19 +133,17 @@ def load_images(paths: Sequence[str | Path], extra: dict[str, Any]) -> torch.Ten
     return torch.stack(out)
 
 
-def probabilities_to_labels(logits: torch.Tensor, classes: list[str], top: int = 1) -> list:
-    """(label, probability) per input; with top > 1, the `top` most likely, best first."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    if top <= 1:
-        p, i = probs.max(dim=-1)
-        return [(classes[int(k)], float(v)) for k, v in zip(i, p)]
-    p, i = probs.topk(min(int(top), probs.shape[-1]), dim=-1)
-    return [[(classes[int(k)], float(v)) for k, v in zip(row_i, row_p)] for row_i, row_p in zip(i, p)]
-
-
 @torch.no_grad()
 def predict(model_dir: Path, inputs: Sequence[str | Path], top: int = 1) -> list:
     """Image file paths -> (label, probability) per image."""
     model = BaseModel.load(model_dir)
     x = load_images(list(inputs), model.extra)
     return probabilities_to_labels(model(x), model.extra["classes"], top)
+
+
+SPEC = ModelSpec(
+    settings=VisionCNNConfig, fit=fit, predict=predict, build=build, inputs=("x",),
+    derived=("num_classes", "in_channels", "image_size"), warm_start=True,
+    trainer_defaults={"epochs": 30, "batch_size": 64, "learning_rate": 3e-3, "weight_decay": 1e-4,
+                      "early_stopping_patience": 8},
+)

@@ -16,39 +16,25 @@ from typing import Any
 import pandas as pd
 
 from unified_pipeline.datasets.causal import PREFIX
-from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, setting
+from unified_pipeline.quality.common import max_abs_expectation, setting, table_expectations, with_max_abs
 
 REQUIRED = ["sample_id", "path", "row", "sha256", "split", "decodable", "error", "has_ground_truth"]
 
 
 def prepare(manifest: pd.DataFrame) -> pd.DataFrame:
-    df = manifest.copy().reset_index(drop=True)
-    variables = [c for c in df.columns if c.startswith(PREFIX)]
-    # One row-level magnitude column keeps the suite small for wide data; `error` names the cell.
-    df["max_abs_value"] = df[variables].abs().max(axis=1, skipna=True) if variables else 0.0
-    return df
+    # `error` names the cell behind a row's magnitude.
+    return with_max_abs(manifest, [c for c in manifest.columns if c.startswith(PREFIX)])
 
 
 def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
     import great_expectations.expectations as gxe
 
-    bound = float(setting(cfg, "max_abs_value", 1e6))
     variables = [c for c in manifest.columns if c.startswith(PREFIX)]
-    suite = [
-        gxe.ExpectTableRowCountToBeBetween(min_value=int(setting(cfg, "min_rows", 50)),
-                                           description="enough observations"),
-        gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
-        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True],
-                                        description="every cell numeric and finite (see the error column)"),
-        gxe.ExpectColumnValuesToBeUnique(column="sample_id", description="each row appears once"),
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256_REGEX, description="content hash present"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLIT_NAMES, description="known split"),
-    ]
+    suite = table_expectations(cfg, REQUIRED, 50, "enough observations")
     if bool(setting(cfg, "require_ground_truth", False)):
         suite.append(gxe.ExpectColumnValuesToBeInSet(column="has_ground_truth", value_set=[True],
                                                      description="an adjacency.csv ground truth is present"))
-    suite.append(gxe.ExpectColumnValuesToBeBetween(column="max_abs_value", min_value=0, max_value=bound,
-                                                   description="largest magnitude in the row"))
+    suite.append(max_abs_expectation(cfg, "largest magnitude in the row"))
     for col in variables:
         suite.append(gxe.ExpectColumnStdevToBeBetween(column=col, min_value=float(setting(cfg, "min_std", 1e-8)),
                                                       description=f"{col} varies"))

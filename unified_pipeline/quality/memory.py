@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, setting
+from unified_pipeline.quality.common import reward_expectation, setting, table_expectations
 
 REQUIRED = ["sample_id", "path", "row", "memory_id", "summary", "text_confidence", "reward", "success",
             "sha256", "split", "decodable", "error"]
@@ -33,19 +33,13 @@ def prepare(manifest: pd.DataFrame) -> pd.DataFrame:
 def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
     import great_expectations.expectations as gxe
 
-    return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=int(setting(cfg, "min_rows", 10)), description="enough records"),
-        gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
-        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True],
-                                        description="every line is a complete record (see the error column)"),
-        gxe.ExpectColumnValuesToBeUnique(column="memory_id", description="memory ids are unique"),
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256_REGEX, description="content hash present"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLIT_NAMES, description="known split"),
+    return table_expectations(
+        cfg, REQUIRED, 10, "enough records", unique="memory_id", unique_what="memory ids are unique",
+        decodable="every line is a complete record (see the error column)") + [
         gxe.ExpectColumnValuesToBeBetween(column="n_words", min_value=1, description="the gist has words"),
         gxe.ExpectColumnValuesToBeBetween(column="text_confidence", min_value=0.0, max_value=1.0,
                                           description="text confidence is a probability"),
-        gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=float(setting(cfg, "reward_min", -1e6)),
-                                          max_value=float(setting(cfg, "reward_max", 1e6)), description="reward range"),
+        reward_expectation(cfg),
         gxe.ExpectColumnValuesToBeBetween(column="n_relations", min_value=0,
                                           max_value=int(setting(cfg, "max_relations", 64)),
                                           description="relation count"),

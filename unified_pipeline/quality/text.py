@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, label_set_expectations, prepare_labels, setting
+from unified_pipeline.quality.common import class_expectations, identity_expectations, prepare_labels, setting
 
 REQUIRED = ["sample_id", "path", "row", "label", "text", "length", "sha256", "split", "decodable", "error"]
 
@@ -26,10 +26,6 @@ def prepare(manifest: pd.DataFrame) -> pd.DataFrame:
 def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
     import great_expectations.expectations as gxe
 
-    n_classes = max(int(manifest["label"].nunique()), 1) if "label" in manifest else 1
-    fair = 1.0 / n_classes
-    low = setting(cfg, "min_share_of_fair", 0.25) * fair
-    high = min(1.0, setting(cfg, "max_share_of_fair", 4.0) * fair)
     return [
         gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the dataset has texts"),
         gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
@@ -40,15 +36,7 @@ def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
         gxe.ExpectColumnValuesToBeBetween(
             column="length", min_value=int(setting(cfg, "min_text_len", 1)),
             max_value=int(setting(cfg, "max_text_chars", 10000)), description="text length in characters"),
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256_REGEX, description="content hash present"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLIT_NAMES, description="known split"),
+        *identity_expectations(),
         gxe.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False],
                                         description="identical texts never carry different labels"),
-        gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2,
-                                                    description="at least two classes to tell apart"),
-        gxe.ExpectColumnValuesToBeBetween(column="class_count", min_value=int(setting(cfg, "min_per_class", 2)),
-                                          description="every class has enough texts"),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="class_share", min_value=round(low, 6), max_value=round(high, 6),
-            description=f"class balance: each class holds {low:.3f}..{high:.3f} of the rows"),
-    ] + label_set_expectations(cfg)
+    ] + class_expectations(manifest, cfg, "texts")

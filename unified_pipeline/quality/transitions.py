@@ -15,39 +15,24 @@ from typing import Any
 import pandas as pd
 
 from unified_pipeline.datasets.transitions import column_groups
-from unified_pipeline.quality.vision import SHA256_REGEX, SPLIT_NAMES, setting
+from unified_pipeline.quality.common import (
+    max_abs_expectation, reward_expectation, setting, table_expectations, with_max_abs)
 
 REQUIRED = ["sample_id", "path", "row", "episode", "episode_key", "reward", "sha256", "split", "decodable", "error"]
 
 
 def prepare(manifest: pd.DataFrame) -> pd.DataFrame:
-    df = manifest.copy().reset_index(drop=True)
-    groups = column_groups(list(df.columns))
-    cells = groups["state"] + groups["action"] + groups["next_state"]
-    # One row-level magnitude column instead of one expectation per column (GX costs ~30 ms each).
-    df["max_abs_value"] = df[cells].abs().max(axis=1, skipna=True) if cells else 0.0
-    return df
+    groups = column_groups(list(manifest.columns))
+    return with_max_abs(manifest, groups["state"] + groups["action"] + groups["next_state"])
 
 
 def expectations(manifest: pd.DataFrame, cfg: Any = None) -> list:
     import great_expectations.expectations as gxe
 
-    bound = float(setting(cfg, "max_abs_value", 1e6))
-    suite = [
-        gxe.ExpectTableRowCountToBeBetween(min_value=int(setting(cfg, "min_rows", 10)),
-                                           description="enough transitions"),
-        gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED, exact_match=False, description="manifest schema"),
-        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True],
-                                        description="every cell numeric and finite (see the error column)"),
-        gxe.ExpectColumnValuesToBeUnique(column="sample_id", description="each row appears once"),
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256_REGEX, description="content hash present"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLIT_NAMES, description="known split"),
+    return table_expectations(cfg, REQUIRED, 10, "enough transitions") + [
         gxe.ExpectColumnUniqueValueCountToBeBetween(column="episode_key", min_value=int(setting(cfg, "min_episodes", 3)),
                                                     description="enough episodes to split by episode"),
         gxe.ExpectColumnValuesToNotBeNull(column="reward", description="every transition has a finite reward"),
-        gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=float(setting(cfg, "reward_min", -1e6)),
-                                          max_value=float(setting(cfg, "reward_max", 1e6)), description="reward range"),
+        reward_expectation(cfg),
+        max_abs_expectation(cfg, "largest state/action magnitude in the row"),
     ]
-    suite.append(gxe.ExpectColumnValuesToBeBetween(column="max_abs_value", min_value=0, max_value=bound,
-                                                   description="largest state/action magnitude in the row"))
-    return suite

@@ -108,11 +108,11 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
 
 # -- RNG states as JSON ------------------------------------------------------------------------
 
-def _b64(t: torch.Tensor) -> str:
+def rng_state_to_text(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
 
-def _unb64(s: str) -> torch.Tensor:
+def rng_state_from_text(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
@@ -124,13 +124,13 @@ def capture_rng(shuffle: torch.Generator | None = None) -> dict[str, Any]:
     np_state = np.random.get_state()
     py_state = random.getstate()
     out: dict[str, Any] = {
-        "torch": _b64(torch.get_rng_state()),
+        "torch": rng_state_to_text(torch.get_rng_state()),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "cuda": [rng_state_to_text(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
     }
     if shuffle is not None:
-        out["shuffle"] = _b64(shuffle.get_state())
+        out["shuffle"] = rng_state_to_text(shuffle.get_state())
     return out
 
 
@@ -139,16 +139,16 @@ def restore_rng(state: dict[str, Any], shuffle: torch.Generator | None = None) -
 
     import numpy as np
 
-    torch.set_rng_state(_unb64(state["torch"]))
+    torch.set_rng_state(rng_state_from_text(state["torch"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+        torch.cuda.set_rng_state_all([rng_state_from_text(s) for s in cuda])
     if shuffle is not None and "shuffle" in state:
-        shuffle.set_state(_unb64(state["shuffle"]))
+        shuffle.set_state(rng_state_from_text(state["shuffle"]))
 
 
 # -- writing and reading -----------------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from unified_pipeline import atomic
 from unified_pipeline.models.base import BaseModel
 from unified_pipeline.training import plots
 from unified_pipeline.training.job import FitJob, FitResult
@@ -89,7 +88,7 @@ def fit_classifier(
     def plots_fn(plot_dir: Path, trainer: Trainer) -> dict[str, Path]:
         *inputs, y = split["test"]
         trainer.model.eval()
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), trainer.autocast():
             pred = batched_logits(trainer.net, tuple(inputs)).argmax(-1)
         cm = confusion(pred, y, len(classes))
         return {"confusion matrix (test)": plots.confusion_matrix(cm.tolist(), classes, plot_dir / "confusion_matrix.png")}
@@ -137,8 +136,6 @@ def fit_with_trainer(
     metrics = {"val": trainer.evaluate(val), "test": trainer.evaluate(test), "baseline": dict(baseline or {})}
     out = Path(job.out_dir)
     model.save(out, extra=extra or {})
-    atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_json(out / "history.json", summary.history)
     plot_dir = out / "plots"
     found = standard_plots(summary, metric, plot_dir)
     if plots_fn is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import os
 from pathlib import Path
 
@@ -69,11 +68,11 @@ def train(args: argparse.Namespace) -> dict:
         kind = bundle.meta.get("kind")
         if kind not in INPUT_FIELDS:
             raise ConfigError(f"{args.tensors}: distributed training supports {sorted(INPUT_FIELDS)} data, not {kind!r}")
-        module = importlib.import_module(MODELS[args.model].module)
-        hp = {**getattr(module, "DEFAULTS", {}), "learning_rate": args.lr}
+        spec = MODELS[args.model].spec()
+        hp = {**spec.defaults(), "learning_rate": args.lr}
         part = bundle.split("train")
         torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = module.build(bundle.meta, hp).to(device)
+        model = spec.build(bundle.meta, hp).to(device)
         # device_ids=None: DDP then leaves the inputs where they are (host lengths stay on the host).
         ddp = DistributedDataParallel(model, device_ids=None)
         opt = torch.optim.AdamW(ddp.parameters(), lr=args.lr)

@@ -2,7 +2,8 @@
 
 The asset builds a `FitJob` (data already loaded, hyperparameters resolved, folders chosen)
 and calls the model module's `fit(job)`, which trains, evaluates on the test split, saves the
-final model into `job.out_dir` and returns a `FitResult`. Model modules never touch Dagster.
+final model (and its plots) into `job.out_dir` and returns a `FitResult`; the pipeline writes
+the result's metrics and history beside them (`FitResult.write`). Model modules never touch Dagster.
 """
 from __future__ import annotations
 
@@ -45,3 +46,10 @@ class FitResult:
     resumed_from: str | None = None  # checkpoint file the run resumed from, if any
     plots: dict[str, Path] = field(default_factory=dict)  # title -> PNG inside out_dir
     notes: dict[str, Any] = field(default_factory=dict)  # anything else worth showing (baseline names, ...)
+
+    def write(self, out_dir: Path) -> None:
+        """metrics.json and history.json beside the saved model: the pipeline's one writer of them."""
+        from unified_pipeline import atomic
+
+        atomic.write_json(Path(out_dir) / "metrics.json", self.metrics)
+        atomic.write_json(Path(out_dir) / "history.json", self.history)

@@ -14,7 +14,6 @@ is no longer on disk.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
 import time
@@ -145,7 +144,7 @@ def reproduce(ref: str, scratch: Path | None = None, *, registry: Any = None, lo
     with devices.lease(unified_home() / "locks" / "devices"):
         if lineage.get("threads"):
             torch.set_num_threads(int(lineage["threads"]))  # the thread count it was trained with
-        result = importlib.import_module(entry.module).fit(job)
+        result = entry.spec().fit(job)
     wall = time.monotonic() - started
     identical, max_diff = compare_weights(version.path / "weights.safetensors", out_dir / "weights.safetensors")
     metrics = _metric_diffs(version.metrics.get("test") or {}, result.metrics.get("test") or {})

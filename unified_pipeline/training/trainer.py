@@ -114,7 +114,7 @@ class Trainer:
 
     # -- pieces -------------------------------------------------------------------------------
 
-    def _autocast(self):
+    def autocast(self):
         return autocast(self.device, self.precision)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -137,7 +137,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 out = self.metric_fn(self.net, data)
         finally:
             self.model.train(was_training)
@@ -282,9 +282,9 @@ class Trainer:
         with fit_process_settings(self.device), self._signals_deferred():
             while loop.epoch < cfg.epochs and not loop.finished:
                 if loop.step == 0:
-                    loop.shuffle_state = ckpt._b64(gen.get_state())
+                    loop.shuffle_state = ckpt.rng_state_to_text(gen.get_state())
                 else:  # mid-epoch resume: replay this epoch's permutation
-                    gen.set_state(ckpt._unb64(loop.shuffle_state))
+                    gen.set_state(ckpt.rng_state_from_text(loop.shuffle_state))
                 perm = torch.randperm(n, generator=gen)  # on the host: the same order on every device
                 batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
                 if streamed:
@@ -303,7 +303,7 @@ class Trainer:
                         batch = tuple(t if i in self.host_fields else t.to(self.device, non_blocking=True)
                                       for i, t in enumerate(batch))
                     lr_used = opt.param_groups[0]["lr"]
-                    with self._autocast():
+                    with self.autocast():
                         loss = self.loss_fn(self.net, batch)
                     if scaler is not None:
                         scaler.scale(loss).backward()

@@ -8,8 +8,20 @@ from typing import Any
 from unified_pipeline.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "adam", "sgd")  # built by fit_settings.make_optimizer
 # Preset spellings that differ from the field names.
 ALIASES = {"lr": "learning_rate", "keep_last_checkpoints": "keep_last", "patience": "early_stopping_patience"}
+
+
+def canonical(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The preset's spellings as field names: an alias yields to the field name when both are given,
+    `mixed_precision` becomes `precision`, and `early_stopping: false` turns the patience off."""
+    out = {ALIASES.get(k, k): v for k, v in hparams.items() if not (k in ALIASES and ALIASES[k] in hparams)}
+    if "mixed_precision" in out and "precision" not in out:
+        out["precision"] = "auto" if as_flag(out["mixed_precision"]) else "fp32"
+    if "early_stopping" in out and not as_flag(out["early_stopping"]):
+        out["early_stopping_patience"] = 0
+    return out
 
 
 @dataclass
@@ -31,24 +43,14 @@ class TrainerConfig:
     metric: str = "accuracy"
     higher_is_better: bool = True
     loader_threshold_bytes: int = 512 * 2**20  # bigger datasets stream through a pinned DataLoader
-    optimizer: str = "adamw"  # "adamw" / "adam" / "sgd"
+    optimizer: str = "adamw"  # one of OPTIMIZERS
 
     @classmethod
     def from_hparams(cls, hparams: dict, **overrides) -> "TrainerConfig":
         """Pick the known keys out of resolved hyperparameters (unknown keys are ignored)."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        merged = dict(hparams or {})
-        if "mixed_precision" in merged and "precision" not in merged:
-            merged["precision"] = "auto" if merged["mixed_precision"] else "fp32"
-        if merged.get("early_stopping") is False:
-            merged["early_stopping_patience"] = 0
-        merged.update(overrides)
-        for key, value in merged.items():
-            name = ALIASES.get(key, key)
-            if name not in fields or (key != name and name in merged):
-                continue
-            values[name] = _coerce(name, fields[name].type, value)
+        merged = {**canonical(hparams or {}), **overrides}
+        values = {k: _coerce(k, fields[k].type, v) for k, v in merged.items() if k in fields}
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -61,7 +63,7 @@ class TrainerConfig:
             ("grad_clip", self.grad_clip >= 0), ("precision", self.precision in PRECISIONS),
             ("early_stopping_patience", self.early_stopping_patience >= 0),
             ("checkpoint_interval", self.checkpoint_interval >= 0), ("keep_last", self.keep_last >= 1),
-            ("optimizer", self.optimizer in ("adamw", "adam", "sgd")),
+            ("optimizer", self.optimizer in OPTIMIZERS),
         ]
         for name, ok in checks:
             if not ok:

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from unified_pipeline.errors import ConfigError
+from unified_pipeline.hashing import combine
 from unified_pipeline.paths import unified_home
 from unified_pipeline.registry.incremental import warm_start_decision, warm_start_record
 from unified_pipeline.training.trainer_config import as_flag
 
-# Kinds whose models are plain classifiers trained by fit_classifier on one dataset.
-WARM_KINDS = frozenset({"vision", "audio", "text"})
 # Meta facts that fix what an input row or an output unit means: if any differs, old weights
 # would read the new tensors wrongly. mean/std may drift; fine-tuning absorbs that.
 ENCODING_KEYS = ("classes", "vocab", "tokenizer", "max_len", "channels", "image_size", "n_mels", "sample_rate",
                  "hop_length", "n_fft", "win_length", "frames", "max_samples")
+WARM_PREFIX = "warm_start"  # these settings join a run's fingerprint only when it warm-starts
 DEFAULT_MAX_CHANGE = 0.2
 DEFAULT_REPLAY = 0.3
 DEFAULT_LR_SCALE = 0.3
@@ -61,6 +61,18 @@ class WarmStartPlan:
         out["candidate"] = self.candidate
         out.update({k: v for k, v in self.applied.items() if k not in ("used", "reason")})
         return out
+
+
+def warm_fingerprint(base: str, parent: str, hparams: dict) -> str:
+    """Fingerprint of a run that fine-tunes `parent` on the inputs that `base` covers."""
+    warm = {k: v for k, v in sorted(hparams.items()) if k.startswith(WARM_PREFIX)}
+    return combine([base, f"warm_start_from:{parent}", json.dumps(warm, sort_keys=True, default=str)])
+
+
+def fine_tuned_on(production: Any, base_fp: str, hparams: dict) -> bool:
+    """Production was fine-tuned on exactly the inputs `base_fp` covers (so nothing changed since)."""
+    return (production is not None and as_flag(hparams.get("warm_start", True))
+            and production.lineage.get("base_fingerprint") == base_fp)
 
 
 def _fraction(hparams: dict, key: str, default: float) -> float:
@@ -103,9 +115,9 @@ def plan_warm_start(entry: Any, tensor_dirs: dict[str, Path], hparams: dict, pro
 
     if not as_flag(hparams.get("warm_start", True)):
         return scratch("disabled by hyperparameter warm_start")
-    if entry.upstream_models or not set(entry.dataset_kinds) <= WARM_KINDS or len(tensor_dirs) != 1:
-        return scratch(f"not applicable to {entry.name} (only single-dataset classifiers of kinds "
-                       f"{sorted(WARM_KINDS)} without upstream models)")
+    if entry.upstream_models or not entry.spec().warm_start or len(tensor_dirs) != 1:
+        return scratch(f"not applicable to {entry.name} (only single-dataset classifiers whose SPEC "
+                       f"allows warm_start, without upstream models)")
     if production is None:
         return scratch("no production version to start from")
     (dataset, new_dir), = tensor_dirs.items()
