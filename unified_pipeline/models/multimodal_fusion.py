@@ -41,6 +41,8 @@ BASELINE_NAME = "same architecture from scratch"
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 SIDES = ("vision", "audio", "text")  # dataset kind = FusionConfig field = encoder attribute
+# Weights of each service that the fusion does not reuse: its classifier parts.
+CLASSIFIER_PARTS = {"vision": ("head.",), "audio": ("head.",), "text": ("head.", "linear.", "mix")}
 ARCHITECTURES = {"vision": "vision_cnn", "audio": "audio_rnn", "text": "text_transformer"}
 INPUT_KEYS = {"vision": "image", "audio": "audio", "text": "text"}  # JSON keys of a predict input
 
@@ -243,8 +245,13 @@ def fit(job: FitJob) -> FitResult:
     if unknown:
         raise ConfigError(f"multimodal_service: finetune names unknown side(s) {unknown}; valid: {list(SIDES)}")
 
+    # Encoders only: text_service's n-gram logistic regression beside its encoder is a classifier
+    # part, like the heads, and stays behind.
+    encoder_cfgs = {s: cfgs[s]["config"] for s in SIDES}
+    encoder_cfgs["text"] = {**encoder_cfgs["text"], "linear_ngrams": False}
+
     def build(freeze: bool) -> FusionModel:
-        return FusionModel(FusionConfig(**{s: cfgs[s]["config"] for s in SIDES}, freeze_encoders=freeze, **head_hp))
+        return FusionModel(FusionConfig(**encoder_cfgs, freeze_encoders=freeze, **head_hp))
 
     extra = {**{s: {k: v for k, v in cfgs[s]["extra"].items() if k != "classes"} for s in SIDES},
              **{f"{s}_classes": bundles[s].meta["classes"] for s in SIDES},
@@ -265,7 +272,8 @@ def fit(job: FitJob) -> FitResult:
     torch.manual_seed(job.seed)
     model = build(freeze=True)
     for side, folder in dirs.items():
-        weights = {k: v for k, v in load_file(str(folder / "weights.safetensors")).items() if not k.startswith("head.")}
+        weights = {k: v for k, v in load_file(str(folder / "weights.safetensors")).items()
+                   if not k.startswith(CLASSIFIER_PARTS[side])}
         getattr(model, side).load_state_dict(weights)
     sub = dataclasses.replace(job, checkpoint_dir=Path(job.checkpoint_dir) / "transfer")
     result = fit_classifier(sub, model, data, classes=CLASSES, extra=extra, baseline=baseline, baseline_name=BASELINE_NAME)

@@ -1,12 +1,14 @@
-"""text_service: character-level Transformer encoder classifier with a linear n-gram part.
+"""text_service: character-level Transformer encoder classifier beside a hashed n-gram TF-IDF
+logistic regression.
 
 Token + learned position + hashed character n-gram embeddings, pre-norm encoder layers with a
 key padding mask, and mean pooling over non-pad tokens (beside the pooled input embeddings).
-With hparam `linear_ngram_scale` > 0, a linear classifier over the same hashed n-grams is
-added to the logits (wide and deep): on a few hundred short texts a bag of n-grams is what works
-best (number words: 0.86 -> 0.97). It is off by default because the encoder then learns less,
-and the multimodal model, which reuses the encoder without the head, reads words worse. fit() also scores a TF-IDF char n-gram logistic
-regression on the same split (models/baselines.py) so both are reported.
+With `linear_ngrams` (on in the default preset), a logistic regression over hashed, case-folded character
+n-gram TF-IDF features (models/hashed_tfidf.py) is fitted first, by L-BFGS, and frozen; the
+encoder and its head then train on their own loss, so the encoder learns what it would alone
+(the multimodal model reuses it without the head). Prediction mixes the two parts'
+log-probabilities with a weight chosen on the validation split. fit() also scores a TF-IDF char
+n-gram logistic regression on the same split (models/baselines.py) so both are reported.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unified_pipeline.errors import ConfigError, DatasetError
@@ -24,6 +27,8 @@ from unified_pipeline.models.spec import ModelSpec, config_from
 from unified_pipeline.training.job import FitJob, FitResult
 
 PAD, UNK = 0, 1
+
+MIX_GRID = tuple(i / 10 for i in range(11))  # weight of the linear part's log-probabilities
 
 
 @dataclass
@@ -41,10 +46,11 @@ class TextTransformerConfig:
     ngram_buckets: int = 32768  # 0 disables the hashed n-gram embeddings
     dropout: float = 0.1
     wide: bool = True  # also pool the input embeddings (bag of n-grams) beside the encoder output
-    # A linear classifier over the hashed character n-grams (what TF-IDF + logistic regression
-    # learns) added to the logits: on a few thousand texts it is the strong part, and the encoder
-    # adds what word order and context give. 0 leaves it out (and versions saved without it load).
-    linear_ngram_scale: float = 0.0
+    # The hashed n-gram TF-IDF logistic regression beside the encoder: on a few thousand texts it
+    # is the strong part, and the encoder adds what word order and context give. Off here so
+    # versions saved without it load; the default preset turns it on.
+    linear_ngrams: bool = False
+    linear_ngram_buckets: int = 262144
 
 
 def trim_padding(x: torch.Tensor) -> torch.Tensor:
@@ -78,14 +84,14 @@ class TextTransformer(BaseModel):
         self.drop = nn.Dropout(config.dropout)  # on the summed embeddings: n-gram features overfit first
         self.embedding_dim = 2 * d if config.wide else d
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.embedding_dim, config.num_classes))
-        self.linear_chars = self.linear_ngrams = None
-        if config.linear_ngram_scale > 0:
-            # Zero start: training begins from the encoder alone, as logistic regression starts from 0.
-            self.linear_chars = nn.Embedding(config.vocab_size, config.num_classes, padding_idx=PAD)
-            nn.init.zeros_(self.linear_chars.weight)
-            if config.ngram_buckets > 0:
-                self.linear_ngrams = nn.Embedding(config.ngram_buckets, config.num_classes)
-                nn.init.zeros_(self.linear_ngrams.weight)
+        self.linear = None
+        if config.linear_ngrams:
+            from unified_pipeline.models.hashed_tfidf import HashedTfidfLinear
+
+            self.linear = HashedTfidfLinear(config.vocab_size, config.num_classes, config.linear_ngram_buckets)
+            # 0 until choose_mix sets it after training: the validation scores that pick the best
+            # epoch and stop early are then the encoder's own, so the encoder trains as it would alone.
+            self.register_buffer("mix", torch.tensor(0.0))
 
     def _ngram_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Hash the n-grams ending (and starting) at each position into buckets: [N, L, 2 * orders].
@@ -129,22 +135,25 @@ class TextTransformer(BaseModel):
             pooled = torch.cat([pooled, (h * keep).sum(1) / count], dim=1)
         return pooled
 
-    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean over the text of per-class weights of each character and hashed n-gram. The scale
-        stands in for a larger learning rate: Adam moves each weight by about the learning rate
-        per step, and a linear model over sparse n-grams needs weights of a few units."""
-        x = x[:, : self.config.max_len]
-        keep = (x != PAD).unsqueeze(-1).float()
-        per_position = self.linear_chars(x)
-        if self.linear_ngrams is not None:
-            per_position = per_position + self.linear_ngrams(self._ngram_ids(x)).sum(dim=2)
-        return self.config.linear_ngram_scale * (per_position * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; with the linear part, log-probabilities of both parts mixed. In training mode
+        only the encoder's head answers: the linear part is fitted beforehand, and an encoder
+        trained to correct it would learn less of its own (worse features for reuse)."""
         logits = self.head(self.encode(x))
-        if self.linear_chars is not None:
-            logits = logits + self.linear_logits(x)
-        return logits
+        if self.linear is None or self.training:
+            return logits
+        return self.mixed(logits, self.linear_logits(x), self.mix)
+
+    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, : self.config.max_len]
+        if x.device.type == "cpu":
+            x = trim_padding(x)
+        return self.linear(x)
+
+    @staticmethod
+    def mixed(encoder_logits: torch.Tensor, linear_logits: torch.Tensor, mix: torch.Tensor | float) -> torch.Tensor:
+        return ((1 - mix) * torch.log_softmax(encoder_logits.float(), -1)
+                + mix * torch.log_softmax(linear_logits.float(), -1))
 
 
 def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int | None = None) -> TextTransformer:
@@ -153,7 +162,47 @@ def build(meta: dict[str, Any], hp: dict[str, Any], max_len: int | None = None) 
                       max_len=int(max_len or meta.get("max_len") or 0))
     if cfg.max_len < 1:
         raise ConfigError(f"text_service: dataset {meta.get('dataset')!r} meta has no max_len")
-    return TextTransformer(cfg)
+    model = TextTransformer(cfg)
+    if model.linear is not None:
+        from unified_pipeline.models.hashed_tfidf import case_fold_table
+
+        model.linear.fold.copy_(case_fold_table(list(meta["vocab"])))
+    return model
+
+
+@torch.no_grad()
+def choose_mix(model: TextTransformer, val: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    """Set the linear part's weight that scores best on the validation split (accuracy, then loss)."""
+    from unified_pipeline.training.classification import batched_logits
+
+    was_training = model.training
+    model.eval()
+    x, y = val[0], val[-1].cpu().long()
+    enc = batched_logits(model.head, (batched_logits(_Encoder(model), (x,)),))
+    lin = batched_logits(_Linear(model), (x,))
+    scores = []
+    for mix in MIX_GRID:
+        logp = TextTransformer.mixed(enc, lin, mix)
+        scores.append(((logp.argmax(-1) == y).float().mean().item(), -F.nll_loss(logp, y).item(), mix))
+    accuracy, neg_loss, mix = max(scores)
+    model.mix.fill_(mix)
+    model.train(was_training)
+    return {"mix": mix, "val_accuracy": accuracy, "val_loss": -neg_loss,
+            "val_accuracy_encoder_alone": scores[0][0], "val_accuracy_linear_alone": scores[-1][0]}
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: TextTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x)
+
+
+class _Linear(_Encoder):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.linear_logits(x)
 
 
 def fit(job: FitJob) -> FitResult:
@@ -173,10 +222,16 @@ def fit(job: FitJob) -> FitResult:
     torch.manual_seed(job.seed)
     max_len = int(meta.get("max_len") or data["train"][0][0].shape[1])
     model = build(meta, job.hparams, max_len)
+    calibrate = None
+    if model.linear is not None:
+        chosen = model.linear.fit_lbfgs((data["train"][0][0], data["train"][1]), (data["val"][0][0], data["val"][1]))
+        job.log.info("text_service linear n-gram part: C %g, val accuracy %.4f", chosen["C"], chosen["val_accuracy"])
+        calibrate = choose_mix
     extra = {"dataset": meta.get("dataset"), "vocab": list(meta["vocab"]), "max_len": max_len,
              "tokenizer": meta.get("tokenizer", "char")}
     return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra,
-                          baseline=baseline, baseline_name=TEXT_BASELINE_NAME if baseline else None)
+                          baseline=baseline, baseline_name=TEXT_BASELINE_NAME if baseline else None,
+                          calibrate=calibrate)
 
 
 def encode_texts(texts: Sequence[str], extra: dict[str, Any]) -> torch.Tensor:

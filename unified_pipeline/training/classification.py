@@ -71,8 +71,12 @@ def fit_classifier(
     extra: dict | None = None,
     baseline: dict[str, float] | None = None,
     baseline_name: str | None = None,
+    calibrate: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], dict] | None = None,
 ) -> FitResult:
-    """Train a classifier on data[split] = (inputs, y) and leave weights, metrics and plots in job.out_dir."""
+    """Train a classifier on data[split] = (inputs, y) and leave weights, metrics and plots in job.out_dir.
+
+    calibrate(model, val) may set what is chosen after training on the validation split (never
+    test), before val and test are scored; what it returns goes to the notes."""
     split = {s: (*data[s][0], data[s][1]) for s in ("train", "val", "test")}
     warm = None
     if getattr(job, "warm_start", None) is not None:
@@ -93,7 +97,7 @@ def fit_classifier(
         job, model, split["train"], split["val"], split["test"],
         loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn, metric="accuracy",
         higher_is_better=True, extra={"classes": list(classes), **(extra or {})}, plots_fn=plots_fn,
-        baseline=baseline, baseline_name=baseline_name,
+        baseline=baseline, baseline_name=baseline_name, calibrate=calibrate,
     )
     if warm is not None:
         result.notes["warm_start"] = warm
@@ -116,6 +120,7 @@ def fit_with_trainer(
     baseline: dict[str, float] | None = None,
     baseline_name: str | None = None,
     optimizer_factory: Callable | None = None,
+    calibrate: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], dict] | None = None,
 ) -> FitResult:
     """Train, restore the best weights, evaluate val/test, save model + metrics + history + plots.
 
@@ -127,6 +132,7 @@ def fit_with_trainer(
                       log=job.log, on_epoch=job.on_epoch, control_file=job.control_file,
                       optimizer_factory=optimizer_factory)
     summary = trainer.fit(train, val)
+    calibrated = calibrate(model, val) if calibrate is not None else None
     metrics = {"val": trainer.evaluate(val), "test": trainer.evaluate(test), "baseline": dict(baseline or {})}
     out = Path(job.out_dir)
     model.save(out, extra=extra or {})
@@ -140,6 +146,8 @@ def fit_with_trainer(
         notes["baseline_name"] = baseline_name
     if summary.notes:
         notes["trainer_notes"] = summary.notes
+    if calibrated:
+        notes["calibrated_on_val"] = calibrated
     job.log.info(
         f"{job.model}: test {metric} {metrics['test'].get(metric, float('nan')):.4f} "
         f"(val {metrics['val'].get(metric, float('nan')):.4f}, best epoch {summary.best_epoch}, "
