@@ -36,7 +36,7 @@ def _preset(path: Path) -> Path:
     for m in ("vision_service", "audio_service", "text_service"):
         specific[m] = {"batch_size": 8, "learning_rate": 0.005, "early_stopping_patience": 0}
     specific["text_service"].update(epochs=8, d_model=16, n_heads=2, n_layers=1)
-    specific["audio_service"].update(n_mels=16)
+    preset["data_preprocessing"]["audio"]["n_mels"] = 16  # the model's input width follows the data
     specific["multimodal_service"] = {"epochs": 3, "pairs_train": 300, "pairs_eval": 90, "batch_size": 32}
     specific["audio_student"] = {"epochs": 2, "batch_size": 8}
     specific["adaptive_learning_controller"] = {"budget_epochs": 1, "study_epochs": 1, "max_train_samples": 16,
