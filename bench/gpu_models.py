@@ -60,12 +60,14 @@ def datasets_for(name: str, bundles: dict[str, TensorBundle]) -> dict[str, Tenso
 
 def shrink(bundle: TensorBundle, rows: int) -> TensorBundle:
     """The first `rows` training rows (a dry run's size); other splits stay whole."""
-    tensors = {k: (v[:rows] if k.startswith("train/") else v) for k, v in bundle.tensors.items()}
+    # Stored rows (uint8, float16) stay stored: the bundle's decode specs turn them into model input.
+    tensors = {k: ((v.stored() if hasattr(v, "stored") else v)[:rows] if k.startswith("train/") else v)
+               for k, v in bundle.tensors.items()}
     sidecars = dict(bundle.sidecars)
     texts = sidecars.get("texts")
     if isinstance(texts, dict) and isinstance(texts.get("train"), list):
         sidecars["texts"] = {**texts, "train": texts["train"][:rows]}
-    return TensorBundle(tensors=tensors, meta=bundle.meta, sidecars=sidecars)
+    return TensorBundle(tensors=tensors, meta=bundle.meta, sidecars=sidecars, decode=bundle.decode)
 
 
 def hparams(name: str, epochs: int) -> dict:

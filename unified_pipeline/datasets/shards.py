@@ -237,6 +237,8 @@ def _whole(path: Path, field: str) -> torch.Tensor:
 
 def _concat(mapped: MappedRows) -> torch.Tensor:
     parts = [_whole(mapped.directory / f, mapped.field) for f in mapped.files]
+    if not parts:  # a split with no rows has no shard
+        return torch.empty((0, *mapped.shape[1:]), dtype=mapped.stored_dtype)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

@@ -224,9 +224,18 @@ def fit(job: FitJob) -> FitResult:
     model = build(meta, job.hparams, max_len)
     calibrate = None
     if model.linear is not None:
-        chosen = model.linear.fit_lbfgs((data["train"][0][0], data["train"][1]), (data["val"][0][0], data["val"][1]))
-        job.log.info("text_service linear n-gram part: C %g, val accuracy %.4f", chosen["C"], chosen["val_accuracy"])
-        calibrate = choose_mix
+        train_rows, val_rows = (data["train"][0][0], data["train"][1]), (data["val"][0][0], data["val"][1])
+
+        # The encoder never reads the linear part while it trains, so the part is fitted once the
+        # encoder is done: a warm start (which loads its parent's weights before training) then
+        # keeps the parent's encoder but never the parent's n-gram weights, fitted on older data.
+        def calibrate(trained: TextTransformer, val: tuple[torch.Tensor, ...]) -> dict[str, float]:
+            trained.mix.fill_(0.0)
+            device = trained.mix.device
+            chosen = trained.linear.to("cpu").fit_lbfgs(train_rows, val_rows)  # a host solver
+            trained.linear.to(device)
+            job.log.info("text_service linear n-gram part: C %g, val accuracy %.4f", chosen["C"], chosen["val_accuracy"])
+            return choose_mix(trained, val)
     extra = {"dataset": meta.get("dataset"), "vocab": list(meta["vocab"]), "max_len": max_len,
              "tokenizer": meta.get("tokenizer", "char")}
     return fit_classifier(job, model, data, classes=list(meta["classes"]), extra=extra,
