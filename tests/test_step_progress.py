@@ -125,7 +125,7 @@ def test_decoding_loops_report_to_the_step_log(tmp_path, monkeypatch):
     import tiny_data
     from unified_pipeline.assets import data_assets
     from unified_pipeline.datasets import DatasetRef
-    from unified_pipeline.datasets import audio, class_shards, vision
+    from unified_pipeline.datasets import class_folders, class_shards
 
     seen = []
 
@@ -133,9 +133,8 @@ def test_decoding_loops_report_to_the_step_log(tmp_path, monkeypatch):
         seen.append((desc, kw.get("log")))
         return iter(list(items))
 
-    monkeypatch.setattr(vision, "track", spy)
-    monkeypatch.setattr(audio, "track", spy)
-    monkeypatch.setattr(class_shards, "track", spy)  # the decoding loop both kinds share
+    monkeypatch.setattr(class_folders, "track", spy)  # the reading loop both kinds share
+    monkeypatch.setattr(class_shards, "track", spy)  # and the decoding loop
     monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
     log = object()
     for kind, make in (("vision", tiny_data.vision), ("audio", tiny_data.audio)):

@@ -15,14 +15,12 @@ import pandas as pd
 
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.datasets.class_folders import (
-    base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
+    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
 from unified_pipeline.datasets.decode_workers import LOG_OFFSET, decode_clips
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
-from unified_pipeline.step_progress import track
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = [
@@ -119,22 +117,9 @@ class AudioKind:
 
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
-        root = Path(root)
-        rows = []
-        rels = scan_class_folders(root, file_hashes, AUDIO_EXTENSIONS, "clip")
-        for rel in track(rels, f"reading {root.name}", log=(cfg or PreprocessConfig()).log, unit="clip"):
-            row = base_row(root, rel, file_hashes[rel])
-            row.update({c: None for c in MANIFEST_COLUMNS[8:]})
-            row.update(read_clip_facts(root / rel))
-            rows.append(row)
-        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        for col in ("sample_rate", "channels", "frames"):
-            df[col] = df[col].astype("Int64")
-        for col in ("duration_s", "peak"):
-            df[col] = df[col].astype("float64")
-        df["decodable"] = df["decodable"].astype(bool)
-        df["split"] = assign_splits(df, cfg or PreprocessConfig())
-        return df
+        return class_folder_manifest(root, file_hashes, AUDIO_EXTENSIONS, "clip", read_clip_facts, MANIFEST_COLUMNS,
+                                     cfg or PreprocessConfig(), int_columns=("sample_rate", "channels", "frames"),
+                                     float_columns=("duration_s", "peak"))
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
         """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""

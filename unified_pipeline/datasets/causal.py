@@ -23,7 +23,8 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, hash_splits
-from unified_pipeline.datasets.table_files import checked_files, data_files, folder_version, header_fields, read_csv_frame
+from unified_pipeline.datasets.table_files import (
+    checked_files, data_files, folder_version, header_fields, read_csv_frame, refuse_bad_rows)
 from unified_pipeline.errors import DatasetError
 
 ADJACENCY = "adjacency.csv"
@@ -96,11 +97,7 @@ class CausalKind:
         import torch
 
         root = Path(root)
-        bad = manifest[~manifest["decodable"].astype(bool)]
-        if len(manifest) == 0 or len(bad):
-            where = "; ".join(f"{p}:{r} ({e})" for p, r, e in zip(bad["path"].head(5), bad["row"].head(5),
-                                                                 bad["error"].head(5)))
-            raise DatasetError(f"{root}: {len(bad)} bad row(s): {where}" if len(bad) else f"{root}: no rows")
+        refuse_bad_rows(root, manifest)
         cols = [c for c in manifest.columns if c.startswith(PREFIX)]
         names = [c[len(PREFIX):] for c in cols]
         x = manifest[cols].to_numpy(np.float32)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 
 from unified_pipeline import hashing
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.paths import inside
+from unified_pipeline.step_progress import track
 
 
 def sample_path(root: Path, rel: str) -> Path:
@@ -83,6 +86,29 @@ def base_row(root: Path, rel: str, sha256: str) -> dict:
         "decodable": True,
         "error": None,
     }
+
+
+def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], unit: str,
+                          read_facts: Callable[[Path], dict], columns: list[str], cfg: Any,
+                          int_columns: tuple[str, ...] = (), float_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per file: the common columns, then what `read_facts` reads from the file (None
+    where it could not), typed, with the stratified split assigned."""
+    root = Path(root)
+    rows = []
+    for rel in track(scan_class_folders(root, file_hashes, extensions, unit), f"reading {root.name}", log=cfg.log,
+                     unit=unit):
+        row = base_row(root, rel, file_hashes[rel])
+        row.update({c: None for c in columns if c not in row})
+        row.update(read_facts(root / rel))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=columns)
+    for col in int_columns:
+        df[col] = df[col].astype("Int64")
+    for col in float_columns:
+        df[col] = df[col].astype("float64")
+    df["decodable"] = df["decodable"].astype(bool)
+    df["split"] = assign_splits(df, cfg)
+    return df
 
 
 def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:

@@ -102,3 +102,12 @@ def read_jsonl_records(path: Path) -> list[tuple[int, dict | str]]:
 def folder_version(root: Path) -> str:
     """Same digest as the raw_files asset's data version."""
     return hashing.dataset_version(root)[0]
+
+
+def refuse_bad_rows(root: Path, manifest: pd.DataFrame, what: str = "row", empty: str = "no rows") -> None:
+    """DatasetError naming up to five undecodable rows (file:row and why), or `empty` when there are none."""
+    bad = manifest[~manifest["decodable"].astype(bool)]
+    if len(manifest) and not len(bad):
+        return
+    where = "; ".join(f"{p}:{r} ({e})" for p, r, e in zip(bad["path"].head(5), bad["row"].head(5), bad["error"].head(5)))
+    raise DatasetError(f"{root}: {len(bad)} bad {what}(s): {where}" if len(bad) else f"{root}: {empty}")

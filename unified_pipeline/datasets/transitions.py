@@ -21,7 +21,8 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.splits import SPLITS, hash_splits
-from unified_pipeline.datasets.table_files import checked_files, data_files, folder_version, header_fields, read_csv_frame
+from unified_pipeline.datasets.table_files import (
+    checked_files, data_files, folder_version, header_fields, read_csv_frame, refuse_bad_rows)
 from unified_pipeline.errors import DatasetError
 
 GROUPS = ("state_", "action_", "next_state_")
@@ -121,12 +122,7 @@ class TransitionsKind:
         import torch
 
         root = Path(root)
-        bad = manifest[~manifest["decodable"].astype(bool)]
-        if len(manifest) == 0 or len(bad):
-            where = "; ".join(f"{p}:{r} ({e})" for p, r, e in zip(bad["path"].head(5), bad["row"].head(5),
-                                                                 bad["error"].head(5)))
-            raise DatasetError(f"{root}: {len(bad)} bad transition row(s): {where}" if len(bad)
-                               else f"{root}: manifest has no transitions")
+        refuse_bad_rows(root, manifest, "transition row", "manifest has no transitions")
         groups = column_groups(list(manifest.columns))
         arrays = {g: manifest[c].to_numpy(np.float32) for g, c in groups.items()}
         arrays["reward"] = manifest["reward"].to_numpy(np.float32)

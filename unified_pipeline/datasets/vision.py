@@ -14,14 +14,12 @@ import pandas as pd
 
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.datasets.class_folders import (
-    base_row, data_version, detect_class_folders, refuse_undecodable, sample_path, scan_class_folders,
+    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
 from unified_pipeline.datasets.decode_workers import decode_images, load_image  # noqa: F401 (prediction reads images through here)
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
-from unified_pipeline.step_progress import track
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRAY_MODES = ("1", "L")
@@ -63,20 +61,8 @@ class VisionKind:
 
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
-        root = Path(root)
-        rows = []
-        rels = scan_class_folders(root, file_hashes, IMAGE_EXTENSIONS, "image")
-        for rel in track(rels, f"reading {root.name}", log=(cfg or PreprocessConfig()).log, unit="image"):
-            row = base_row(root, rel, file_hashes[rel])
-            row.update({"width": None, "height": None, "channels": None, "mode": None, "format": None})
-            row.update(read_image_facts(root / rel))
-            rows.append(row)
-        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        for col in ("width", "height", "channels"):
-            df[col] = df[col].astype("Int64")
-        df["decodable"] = df["decodable"].astype(bool)
-        df["split"] = assign_splits(df, cfg or PreprocessConfig())
-        return df
+        return class_folder_manifest(root, file_hashes, IMAGE_EXTENSIONS, "image", read_image_facts, MANIFEST_COLUMNS,
+                                     cfg or PreprocessConfig(), int_columns=("width", "height", "channels"))
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
         """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""
