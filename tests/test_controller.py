@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import torch
 
 from unified_pipeline.datasets.base import TensorBundle
@@ -37,17 +38,32 @@ def _register_history(tmp_path, bundle) -> None:
                                                              "hparams": hp}, metric="accuracy")
 
 
-def test_controller_study_is_warm_started_and_reports_preset_vs_strategy(tmp_path, home):
-    torch.set_num_threads(1)
-    bundle = _vision_bundle()
-    _register_history(tmp_path, bundle)
-    hp = {"learning_rate": 1e-3, "batch_size": 32, "budget_epochs": 2, "study_epochs": 8,
-          "max_train_samples": 96, "max_val_samples": 40, "warm_start_trials": 2}
-    job = FitJob("adaptive_learning_controller", {"tiny": bundle}, {}, hp, "cpu", tmp_path / "ck", tmp_path / "out",
-                 log=logging.getLogger("test"))
-    result = alc.fit(job)
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One real study over vision_service, warm-started from a registered run."""
+    tmp_path = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIFIED_HOME", str(tmp_path / "home"))
+        torch.set_num_threads(1)
+        bundle = _vision_bundle()
+        _register_history(tmp_path, bundle)
+        hp = {"learning_rate": 1e-3, "batch_size": 32, "budget_epochs": 2, "study_epochs": 8,
+              "max_train_samples": 96, "max_val_samples": 40, "warm_start_trials": 2}
+        job = FitJob("adaptive_learning_controller", {"tiny": bundle}, {}, hp, "cpu", tmp_path / "ck",
+                     tmp_path / "out", log=logging.getLogger("test"))
+        result = alc.fit(job)
+    return result, json.loads((tmp_path / "out" / "strategy.json").read_text())
 
-    strategy = json.loads((tmp_path / "out" / "strategy.json").read_text())
+
+def test_the_study_trials_learn_the_task(study):
+    # Chance is 1/3; a trial whose network never steps stays there whatever its hyperparameters.
+    result, _ = study
+    values = [t["value"] for t in result.history if t.get("value") is not None]
+    assert len(values) >= 2 and max(values) >= 0.6, values
+
+
+def test_controller_study_is_warm_started_and_reports_preset_vs_strategy(study):
+    result, strategy = study
     assert strategy["schema"] == 1 and list(strategy["models"]) == ["vision_service"]
     m = strategy["models"]["vision_service"]
     assert m["strategy"] in ("current", "exploration", "conservative")
