@@ -80,3 +80,34 @@ def test_version_saved_without_the_linear_part_loads(tmp_path):
     assert model.linear is None
     model.save(tmp_path / "old", extra={})
     assert BaseModel.load(tmp_path / "old").linear is None
+
+
+def _bundle(flip: bool):
+    from unified_pipeline.datasets.base import TensorBundle
+
+    tensors, samples = {}, {}
+    for split, (n, seed) in {"train": (256, 0), "val": (96, 1), "test": (96, 2)}.items():
+        x, y = _texts(n, seed)
+        tensors.update({f"{split}/x": x, f"{split}/y": 1 - y if flip else y})
+        samples[split] = [f"{split}-{i}" for i in range(n)]
+    meta = {**META, "dataset": "pairs", "kind": "text", "max_len": 10}
+    return TensorBundle(tensors=tensors, meta=meta, sidecars={"samples": samples})
+
+
+def test_a_warm_start_refits_the_ngram_part_on_the_current_data(tmp_path):
+    # The parent learned the opposite rule; its encoder may be fine-tuned, but its n-gram part,
+    # fitted on the old labels, must not survive into the new version.
+    from unified_pipeline.training.job import FitJob
+    from unified_pipeline.training.warm_start import WarmStart
+
+    hp = {**SMALL, "linear_ngrams": True, "epochs": 2, "batch_size": 32, "early_stopping_patience": 0}
+    parent = tmp_path / "parent"
+    T.fit(FitJob("text_service", {"pairs": _bundle(flip=True)}, {}, hp, "cpu", tmp_path / "ck0", parent))
+    bundle = _bundle(flip=False)
+    ws = WarmStart("text_service/v1", parent, "pairs", frozenset(bundle.sidecars["samples"]["train"][:32]))
+    T.fit(FitJob("text_service", {"pairs": bundle}, {}, hp, "cpu", tmp_path / "ck1", tmp_path / "child",
+                 warm_start=ws))
+    child = BaseModel.load(tmp_path / "child").eval()
+    x, y = bundle.tensors["test/x"], bundle.tensors["test/y"]
+    with torch.no_grad():
+        assert (child.linear_logits(x).argmax(-1) == y).float().mean() >= 0.9
