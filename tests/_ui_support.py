@@ -1,8 +1,11 @@
 """Helpers for the browser test: a `dagster dev` server in its own process group and a headless Chromium."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,3 +182,48 @@ def launch_browser(playwright, user_data_dir: Path):
         args=CHROMIUM_ARGS,
         viewport={"width": 1440, "height": 900},
     )
+
+
+class Shots:
+    """Screenshots into tmp; copied to $UI_SCREENSHOT_DIR when set (CI keeps them as artefacts)."""
+
+    def __init__(self, page, folder: Path):
+        self.page, self.folder, self.paths = page, folder, []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def take(self, name: str) -> None:
+        path = self.folder / f"{len(self.paths):02d}_{name}.png"
+        self.page.screenshot(path=str(path))
+        self.paths.append(path)
+
+    def publish(self) -> None:
+        target = os.environ.get("UI_SCREENSHOT_DIR")
+        if target:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            for p in self.paths:
+                shutil.copy(p, Path(target) / p.name)
+
+
+@contextmanager
+def ui_page(tmp_path: Path, timeout_ms: int):
+    """(page, shots) in a fresh Chromium profile; on a failure a last screenshot is taken, and the
+    screenshots are published (UI_SCREENSHOT_DIR) and listed whatever the outcome."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        ctx = launch_browser(pw, tmp_path / "chromium_profile")
+        ctx.set_default_timeout(timeout_ms)
+        page = ctx.new_page()
+        shots = Shots(page, tmp_path / "screenshots")
+        try:
+            yield page, shots
+        except Exception:
+            try:
+                shots.take("failure")
+            except Exception as exc:  # noqa: BLE001 - keep the original failure, not the screenshot's
+                print(f"no failure screenshot: {exc}")
+            raise
+        finally:
+            shots.publish()
+            print(f"\nUI screenshots: {[str(p) for p in shots.paths]}")
+            ctx.close()

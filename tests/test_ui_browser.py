@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
+from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
 
 LOAD_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 90
@@ -52,26 +50,6 @@ def dagster_dev(browser_ready, tmp_path):
         server.stop()
 
 
-class Shots:
-    """Screenshots into tmp; copied to $UI_SCREENSHOT_DIR when set (CI keeps them as artefacts)."""
-
-    def __init__(self, page, folder: Path):
-        self.page, self.folder, self.paths = page, folder, []
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def take(self, name: str) -> None:
-        path = self.folder / f"{len(self.paths):02d}_{name}.png"
-        self.page.screenshot(path=str(path))
-        self.paths.append(path)
-
-    def publish(self) -> None:
-        target = os.environ.get("UI_SCREENSHOT_DIR")
-        if target:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            for p in self.paths:
-                shutil.copy(p, Path(target) / p.name)
-
-
 def dismiss_onboarding(page) -> None:
     """A fresh profile gets the 'Join the Dagster community' dialog over every page until skipped."""
     skip = page.get_by_role("button", name="Skip", exact=True)
@@ -91,86 +69,71 @@ def ui_runs(base_url: str, since: float) -> list[dict]:
 
 
 def test_ui_lists_assets_and_materialises_from_the_browser(dagster_dev, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base = dagster_dev.base_url
-    with sync_playwright() as pw:
-        ctx = launch_browser(pw, tmp_path / "chromium_profile")
-        ctx.set_default_timeout(UI_TIMEOUT_MS)
-        page = ctx.new_page()
-        shots = Shots(page, tmp_path / "screenshots")
-        try:
-            # Asset catalog: one row (a link to the asset page) per asset.
-            page.goto(f"{base}/assets")
-            dismiss_onboarding(page)
-            for key in CATALOG_KEYS:
-                expect(page.locator(f'a[href="/assets/{key}"]').first).to_be_visible()
-            shots.take("asset_catalog")
+    with ui_page(tmp_path, UI_TIMEOUT_MS) as (page, shots):
+        # Asset catalog: one row (a link to the asset page) per asset.
+        page.goto(f"{base}/assets")
+        dismiss_onboarding(page)
+        for key in CATALOG_KEYS:
+            expect(page.locator(f'a[href="/assets/{key}"]').first).to_be_visible()
+        shots.take("asset_catalog")
 
-            # Lineage of the text group: the lane's nodes are drawn in the graph.
-            page.goto(f"{base}/locations/{dagster_dev.locations[0]}/asset-groups/text")
-            dismiss_onboarding(page)
-            for name in ["raw_files", "manifest", "tensors"]:
-                expect(page.get_by_text(name, exact=True).first).to_be_visible()
-            shots.take("text_group_lineage")
+        # Lineage of the text group: the lane's nodes are drawn in the graph.
+        page.goto(f"{base}/locations/{dagster_dev.locations[0]}/asset-groups/text")
+        dismiss_onboarding(page)
+        for name in ["raw_files", "manifest", "tensors"]:
+            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        shots.take("text_group_lineage")
 
-            # The manifest's asset page: Materialize launches a run of this one asset.
-            page.goto(f"{base}/assets/{MANIFEST}")
-            dismiss_onboarding(page)
-            # The accessible name carries the icon's ligature ("materialization Materialize").
-            button = page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$"))
-            expect(button).to_be_enabled()
-            clicked_at = time.time() - 1
-            button.click()
-            # No config is required, so the UI launches at once and says so in a toast; a launchpad
-            # ("Launch run") would only appear for config-requiring assets, then confirm it.
-            toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
-            launchpad = page.get_by_role("button", name=re.compile(r"Launch run$"))
-            expect(toast.or_(launchpad).first).to_be_visible()
-            if launchpad.count() and launchpad.first.is_visible():
-                launchpad.first.click()
-            expect(toast.first).to_be_visible()
-            shots.take("after_materialize_click")
-            runs = ui_runs(base, clicked_at)
-            assert len(runs) == 1, f"expected one run launched from the UI, got {runs}"
-            run = runs[0]
-            assert run["runId"][:8] in toast.first.inner_text()
-            assert [a["path"] for a in run["assetSelection"]] == [MANIFEST.split("/")], run
+        # The manifest's asset page: Materialize launches a run of this one asset.
+        page.goto(f"{base}/assets/{MANIFEST}")
+        dismiss_onboarding(page)
+        # The accessible name carries the icon's ligature ("materialization Materialize").
+        button = page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$"))
+        expect(button).to_be_enabled()
+        clicked_at = time.time() - 1
+        button.click()
+        # No config is required, so the UI launches at once and says so in a toast; a launchpad
+        # ("Launch run") would only appear for config-requiring assets, then confirm it.
+        toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
+        launchpad = page.get_by_role("button", name=re.compile(r"Launch run$"))
+        expect(toast.or_(launchpad).first).to_be_visible()
+        if launchpad.count() and launchpad.first.is_visible():
+            launchpad.first.click()
+        expect(toast.first).to_be_visible()
+        shots.take("after_materialize_click")
+        runs = ui_runs(base, clicked_at)
+        assert len(runs) == 1, f"expected one run launched from the UI, got {runs}"
+        run = runs[0]
+        assert run["runId"][:8] in toast.first.inner_text()
+        assert [a["path"] for a in run["assetSelection"]] == [MANIFEST.split("/")], run
 
-            # The run's page shows it through to success.
-            page.goto(f"{base}/runs/{run['runId']}")
-            dismiss_onboarding(page)
-            expect(page.get_by_text(run["runId"][:8]).first).to_be_visible()
-            deadline = time.monotonic() + RUN_TIMEOUT_S
-            status = run["status"]
-            while status not in {"SUCCESS", "FAILURE", "CANCELED"} and time.monotonic() < deadline:
-                page.wait_for_timeout(1000)
-                status = next(r["status"] for r in ui_runs(base, clicked_at) if r["runId"] == run["runId"])
-            assert status == "SUCCESS", f"run {run['runId']} ended {status}:\n{dagster_dev.log_tail()}"
-            expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
-            shots.take("run_succeeded")
+        # The run's page shows it through to success.
+        page.goto(f"{base}/runs/{run['runId']}")
+        dismiss_onboarding(page)
+        expect(page.get_by_text(run["runId"][:8]).first).to_be_visible()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        status = run["status"]
+        while status not in {"SUCCESS", "FAILURE", "CANCELED"} and time.monotonic() < deadline:
+            page.wait_for_timeout(1000)
+            status = next(r["status"] for r in ui_runs(base, clicked_at) if r["runId"] == run["runId"])
+        assert status == "SUCCESS", f"run {run['runId']} ended {status}:\n{dagster_dev.log_tail()}"
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+        shots.take("run_succeeded")
 
-            # Back on the asset page, the materialisation and its passed quality check are shown.
-            check = graphql(base, CHECK_QUERY, {"path": MANIFEST.split("/")})
-            assert check["assetOrError"]["assetMaterializations"][0]["runId"] == run["runId"]
-            assert check["assetCheckExecutions"][0]["status"] == "SUCCEEDED", check
-            page.goto(f"{base}/assets/{MANIFEST}?view=checks")
-            dismiss_onboarding(page)
-            expect(page.get_by_text("great_expectations").first).to_be_visible()
-            expect(page.get_by_text("Passed").first).to_be_visible()
-            shots.take("manifest_check_passed")
+        # Back on the asset page, the materialisation and its passed quality check are shown.
+        check = graphql(base, CHECK_QUERY, {"path": MANIFEST.split("/")})
+        assert check["assetOrError"]["assetMaterializations"][0]["runId"] == run["runId"]
+        assert check["assetCheckExecutions"][0]["status"] == "SUCCEEDED", check
+        page.goto(f"{base}/assets/{MANIFEST}?view=checks")
+        dismiss_onboarding(page)
+        expect(page.get_by_text("great_expectations").first).to_be_visible()
+        expect(page.get_by_text("Passed").first).to_be_visible()
+        shots.take("manifest_check_passed")
 
-            # Sensor/schedule runs were held in the queue, so nothing else competed for the cores.
-            held = [r for r in graphql(base, RUNS_QUERY, {"after": 0})["runsOrError"]["results"]
-                    if r["runId"] != run["runId"]]
-            assert all(r["status"] == "QUEUED" for r in held), held
-        except Exception:
-            try:
-                shots.take("failure")
-            except Exception as exc:  # noqa: BLE001 - keep the original failure, not the screenshot's
-                print(f"no failure screenshot: {exc}")
-            raise
-        finally:
-            shots.publish()
-            print(f"\nUI screenshots: {[str(p) for p in shots.paths]}")
-            ctx.close()
+        # Sensor/schedule runs were held in the queue, so nothing else competed for the cores.
+        held = [r for r in graphql(base, RUNS_QUERY, {"after": 0})["runsOrError"]["results"]
+                if r["runId"] != run["runId"]]
+        assert all(r["status"] == "QUEUED" for r in held), held

@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, launch_browser, require_browser
+from _ui_support import DagsterDev, dagster_env, require_browser, ui_page
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -52,43 +52,29 @@ def reused_model(tmp_path, monkeypatch):
 
 
 def test_reused_model_page_shows_plots_and_numeric_metrics(reused_model, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from test_ui_browser import Shots, dismiss_onboarding
+    from test_ui_browser import dismiss_onboarding
 
     base = reused_model.base_url
-    with sync_playwright() as pw:
-        ctx = launch_browser(pw, tmp_path / "chromium_profile")
-        ctx.set_default_timeout(UI_TIMEOUT_MS)
-        page = ctx.new_page()
-        shots = Shots(page, tmp_path / "screenshots")
-        try:
-            page.goto(f"{base}/assets/{MODEL}")
-            dismiss_onboarding(page)
-            # The newest materialisation is the reused one; its metadata carries the version's numbers and curves.
-            expect(page.get_by_text("up to date (reused)").first).to_be_visible()
-            dismiss_onboarding(page)
-            for key in ("test_accuracy", "parameters", "epochs", "plot_loss", "plot_confusion_matrix"):
-                expect(page.get_by_role("cell", name=key, exact=True).first).to_be_visible()
-            shots.take("reused_materialisation")
-            row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="plot_loss", exact=True)).first
-            row.get_by_text("[Show Markdown]").click()
-            image = page.locator('img[src^="data:image/png;base64,"]').first
-            expect(image).to_be_visible()
-            assert image.evaluate("img => img.naturalWidth") > 100  # a drawn curve, not a broken image
-            shots.take("loss_curve")
-            page.keyboard.press("Escape")
-            # Numeric metadata is plotted across materialisations (the trained one and the reused one).
-            page.get_by_role("button", name="Plots").or_(page.get_by_text("Plots", exact=True)).first.click()
-            expect(page.get_by_text("test_accuracy").first).to_be_visible()
-            expect(page.locator("canvas").first).to_be_visible()
-            shots.take("metadata_plots")
-        except Exception:
-            try:
-                shots.take("failure")
-            except Exception as exc:  # noqa: BLE001 - keep the original failure
-                print(f"no failure screenshot: {exc}")
-            raise
-        finally:
-            shots.publish()
-            ctx.close()
+    with ui_page(tmp_path, UI_TIMEOUT_MS) as (page, shots):
+        page.goto(f"{base}/assets/{MODEL}")
+        dismiss_onboarding(page)
+        # The newest materialisation is the reused one; its metadata carries the version's numbers and curves.
+        expect(page.get_by_text("up to date (reused)").first).to_be_visible()
+        dismiss_onboarding(page)
+        for key in ("test_accuracy", "parameters", "epochs", "plot_loss", "plot_confusion_matrix"):
+            expect(page.get_by_role("cell", name=key, exact=True).first).to_be_visible()
+        shots.take("reused_materialisation")
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="plot_loss", exact=True)).first
+        row.get_by_text("[Show Markdown]").click()
+        image = page.locator('img[src^="data:image/png;base64,"]').first
+        expect(image).to_be_visible()
+        assert image.evaluate("img => img.naturalWidth") > 100  # a drawn curve, not a broken image
+        shots.take("loss_curve")
+        page.keyboard.press("Escape")
+        # Numeric metadata is plotted across materialisations (the trained one and the reused one).
+        page.get_by_role("button", name="Plots").or_(page.get_by_text("Plots", exact=True)).first.click()
+        expect(page.get_by_text("test_accuracy").first).to_be_visible()
+        expect(page.locator("canvas").first).to_be_visible()
+        shots.take("metadata_plots")

@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
+from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -50,9 +50,9 @@ def failed_lane(tmp_path, monkeypatch):
 
 
 def test_failed_check_on_the_manifest_and_tensors_not_run(failed_lane, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from test_ui_browser import Shots, dismiss_onboarding
+    from test_ui_browser import dismiss_onboarding
 
     server, run_id = failed_lane
     base = server.base_url
@@ -62,37 +62,23 @@ def test_failed_check_on_the_manifest_and_tensors_not_run(failed_lane, tmp_path)
     for info in graphql(base, LATEST_QUERY, {"keys": keys})["assetsLatestInfo"]:
         assert info["latestRun"] == {"id": run_id, "status": "SUCCESS"}, info
         assert info["latestMaterialization"] is None, info
-    with sync_playwright() as pw:
-        ctx = launch_browser(pw, tmp_path / "chromium_profile")
-        ctx.set_default_timeout(UI_TIMEOUT_MS)
-        page = ctx.new_page()
-        shots = Shots(page, tmp_path / "screenshots")
-        try:
-            page.goto(f"{base}/assets/{LANE}/manifest?view=checks")
-            dismiss_onboarding(page)
-            expect(page.get_by_text("great_expectations").first).to_be_visible()
-            expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
-            expect(page.get_by_text("tensors and the models reading it were skipped").first).to_be_visible()
-            shots.take("manifest_check_failed")
+    with ui_page(tmp_path, UI_TIMEOUT_MS) as (page, shots):
+        page.goto(f"{base}/assets/{LANE}/manifest?view=checks")
+        dismiss_onboarding(page)
+        expect(page.get_by_text("great_expectations").first).to_be_visible()
+        expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
+        expect(page.get_by_text("tensors and the models reading it were skipped").first).to_be_visible()
+        shots.take("manifest_check_failed")
 
-            page.goto(f"{base}/runs/{run_id}")
-            dismiss_onboarding(page)
-            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
-            expect(page.get_by_text("Skipped", exact=False).first).to_be_visible()
-            shots.take("run_steps_skipped")
+        page.goto(f"{base}/runs/{run_id}")
+        dismiss_onboarding(page)
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Skipped", exact=False).first).to_be_visible()
+        shots.take("run_steps_skipped")
 
-            page.goto(f"{base}/assets/{LANE}/tensors")
-            dismiss_onboarding(page)
-            expect(page.get_by_text("Never materialized").first).to_be_visible()
-            expect(page.get_by_text(run_id[:8])).to_have_count(0)  # no "Failed in <run>" link
-            expect(page.get_by_text("Failed", exact=True)).to_have_count(0)
-            shots.take("tensors_not_run")
-        except Exception:
-            try:
-                shots.take("failure")
-            except Exception as exc:  # noqa: BLE001 - keep the original failure
-                print(f"no failure screenshot: {exc}")
-            raise
-        finally:
-            shots.publish()
-            ctx.close()
+        page.goto(f"{base}/assets/{LANE}/tensors")
+        dismiss_onboarding(page)
+        expect(page.get_by_text("Never materialized").first).to_be_visible()
+        expect(page.get_by_text(run_id[:8])).to_have_count(0)  # no "Failed in <run>" link
+        expect(page.get_by_text("Failed", exact=True)).to_have_count(0)
+        shots.take("tensors_not_run")

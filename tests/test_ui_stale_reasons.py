@@ -9,7 +9,7 @@ import pytest
 from dagster import AssetKey, AssetObservation, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, launch_browser, require_browser
+from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
 from unified_pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
@@ -69,9 +69,9 @@ def changed_model(tmp_path, monkeypatch):
 
 
 def test_ui_and_status_name_the_inputs_that_changed(changed_model, tmp_path, capsys):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from test_ui_browser import Shots, dismiss_onboarding
+    from test_ui_browser import dismiss_onboarding
 
     base = changed_model.base_url
     (node,) = graphql(base, STALE_QUERY, {"keys": [{"path": [MODEL]}]})["assetNodes"]
@@ -87,26 +87,12 @@ def test_ui_and_status_name_the_inputs_that_changed(changed_model, tmp_path, cap
     hparams, data = state["next_run"]["reasons"]
     assert hparams.startswith("preset hyperparameters changed (") and "code changed" not in hparams
     assert data == "data changed: the files of tiny_text have a new data version"
-    with sync_playwright() as pw:
-        ctx = launch_browser(pw, tmp_path / "chromium_profile")
-        ctx.set_default_timeout(UI_TIMEOUT_MS)
-        page = ctx.new_page()
-        shots = Shots(page, tmp_path / "screenshots")
-        try:
-            page.goto(f"{base}/assets/{MODEL}")
-            dismiss_onboarding(page)
-            tag = page.get_by_text("Unsynced").first
-            expect(tag).to_be_visible()
-            tag.hover()
-            expect(page.get_by_text("has a new code version").first).to_be_visible()
-            expect(page.get_by_text("has a new data version").first).to_be_visible()
-            shots.take("model_unsynced_causes")
-        except Exception:
-            try:
-                shots.take("failure")
-            except Exception as exc:  # noqa: BLE001 - keep the original failure
-                print(f"no failure screenshot: {exc}")
-            raise
-        finally:
-            shots.publish()
-            ctx.close()
+    with ui_page(tmp_path, UI_TIMEOUT_MS) as (page, shots):
+        page.goto(f"{base}/assets/{MODEL}")
+        dismiss_onboarding(page)
+        tag = page.get_by_text("Unsynced").first
+        expect(tag).to_be_visible()
+        tag.hover()
+        expect(page.get_by_text("has a new code version").first).to_be_visible()
+        expect(page.get_by_text("has a new data version").first).to_be_visible()
+        shots.take("model_unsynced_causes")
