@@ -60,25 +60,30 @@ class HashCache:
             self._conn = conn
         return self._conn
 
-    def hash_files(self, paths: list[Path], log: Any = None, desc: str = "hashing") -> dict[Path, str]:
-        """sha256 per path; `log` (Dagster context.log, a logger or a callable) gets progress lines."""
+    def hash_files(self, paths: list, log: Any = None, desc: str = "hashing", under: str | None = None) -> dict:
+        """sha256 per path (Path or str, keyed as given); `log` (Dagster context.log, a logger or a
+        callable) gets progress lines. `under`: a folder holding every path, so only its entries are read."""
         db = self._db()
-        out: dict[Path, str] = {}
+        out: dict = {}
         known: dict[str, tuple[int, int, str]] = {}
         if db is not None and paths:
+            query, args = "SELECT path, size, mtime_ns, sha256 FROM files", ()
+            if under:  # the primary key's range of the folder, not every file ever hashed
+                prefix = os.path.join(under, "")
+                query, args = query + " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + chr(ord(os.sep) + 1))
             with _lock:
-                rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM files").fetchall()
+                rows = db.execute(query, args).fetchall()
             known = {r[0]: (r[1], r[2], r[3]) for r in rows}
         fresh: list[tuple[str, int, int, str]] = []
         with StepProgress(len(paths), desc, log=log, unit="file") as progress:
             for p in paths:
-                st = os.stat(p)
                 key = str(p)
+                st = os.stat(key)
                 hit = known.get(key)
                 if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
                     out[p] = hit[2]
                 else:
-                    out[p] = digest = sha256_file(p)
+                    out[p] = digest = sha256_file(key)
                     fresh.append((key, st.st_size, st.st_mtime_ns, digest))
                 progress.update()
         if db is not None and fresh:
@@ -93,18 +98,30 @@ def list_files(root: Path) -> list[Path]:
     A symlink whose target lies outside root is skipped: a dataset or model folder must not
     pull in files from elsewhere on the machine (links that stay inside root are fine).
     """
-    files = []
-    real_root = Path(root).resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            if path.is_symlink() and real_root not in path.resolve().parents:
-                continue
-            files.append(path)
-    return files
+    return [Path(p) for p in walk_files(root)]
+
+
+def walk_files(root: str | Path) -> list[str]:
+    """list_files as strings, in the same order (os.walk's, without following linked folders);
+    one scandir per folder, so a folder of 100,000 files costs little beyond the listing."""
+    real_root = os.path.realpath(root)
+    out: list[str] = []
+
+    def visit(folder: str) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        folders = []
+        for e in entries:
+            if e.is_dir():
+                if not e.is_symlink():
+                    folders.append(e.path)
+            elif not e.is_symlink() or os.path.realpath(e.path).startswith(real_root + os.sep):
+                out.append(e.path)
+        for sub in folders:
+            visit(sub)
+
+    visit(str(root))
+    return out
 
 
 def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any = None) -> tuple[str, dict[str, str]]:
@@ -112,9 +129,10 @@ def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any =
 
     `log` (e.g. a Dagster context.log) receives progress lines when hashing takes a while.
     """
-    root = Path(root)
-    files = list_files(root)
-    hashes = (cache or HashCache(None)).hash_files(files, log=log, desc=f"hashing {root.name}")
-    by_rel = {p.relative_to(root).as_posix(): hashes[p] for p in files}
+    base = os.path.abspath(root)
+    files = walk_files(base)
+    hashes = (cache or HashCache(None)).hash_files(files, log=log, desc=f"hashing {Path(root).name}", under=base)
+    cut = len(os.path.join(base, ""))
+    by_rel = {p[cut:].replace(os.sep, "/"): hashes[p] for p in files}
     version = combine(f"{rel}:{digest}" for rel, digest in sorted(by_rel.items()))
     return version, by_rel

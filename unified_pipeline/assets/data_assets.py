@@ -57,9 +57,9 @@ def hash_cache() -> HashCache:
     return HashCache(unified_home() / "cache" / "file_hashes.sqlite")
 
 
-def preprocess_config(settings: dict[str, Any], log: Any = None) -> PreprocessConfig:
-    known = {f.name for f in fields(PreprocessConfig)} - {"log"}
-    cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known}, log=log)
+def preprocess_config(settings: dict[str, Any], log: Any = None, facts_cache: Any = None) -> PreprocessConfig:
+    known = {f.name for f in fields(PreprocessConfig)} - {"log", "facts_cache"}
+    cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known}, log=log, facts_cache=facts_cache)
     cfg.extra.update({k: v for k, v in settings.items() if k not in known})
     return cfg
 
@@ -86,7 +86,10 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
     """
     version, file_hashes = dataset_version(ref.root, hash_cache(), log=log)
     samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
-    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, preprocess_config(settings or {}, log))
+    from unified_pipeline.datasets.preprocess_cache import default_cache
+
+    cfg = preprocess_config(settings or {}, log, facts_cache=default_cache())
+    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, cfg)
     path = manifest_path(ref.name, version)
     atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
     return version, manifest, path

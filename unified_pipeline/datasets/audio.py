@@ -54,6 +54,10 @@ def read_clip_facts(path: Path) -> dict:
     return facts
 
 
+def clip_facts(root: str, rels: list[str]) -> list[dict]:
+    return [read_clip_facts(Path(root) / rel) for rel in rels]
+
+
 def load_clip(path: Path, sample_rate: int, max_samples: int, resamplers: dict | None = None):
     """Mono float32 torch waveform at `sample_rate`, trimmed to max_samples (not padded)."""
     import soundfile as sf
@@ -117,7 +121,7 @@ class AudioKind:
 
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
-        return class_folder_manifest(root, file_hashes, AUDIO_EXTENSIONS, "clip", read_clip_facts, MANIFEST_COLUMNS,
+        return class_folder_manifest(root, file_hashes, AUDIO_EXTENSIONS, "clip", clip_facts, MANIFEST_COLUMNS,
                                      cfg or PreprocessConfig(), int_columns=("sample_rate", "channels", "frames"),
                                      float_columns=("duration_s", "peak"))
 

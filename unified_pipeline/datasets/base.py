@@ -39,6 +39,8 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # Where per-file progress goes (a Dagster context.log or a logger); not a preprocessing knob.
     log: Any = field(default=None, compare=False, repr=False)
+    # Where per-file facts read for a manifest are remembered (a PreprocessCache; None: nowhere).
+    facts_cache: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Building the tensors of a class-folder dataset (images, clips) shard by shard, in bounded memory.
 
-Per split, rows keep the manifest's order and are cut into shards of at most SHARD_BYTES. A
+Per split, rows keep the manifest's order and are cut into shards of at most SHARD_BYTES (and SHARD_ROWS). A
 shard is named by a digest of what it holds (each sample's cache key and label), so:
 - an unchanged shard is taken from an earlier tensors folder of the dataset (a hard link)
   without decoding or reading anything but its header (which keeps its statistics);
@@ -27,7 +27,7 @@ import torch
 
 from unified_pipeline import hashing
 from unified_pipeline.datasets.base import TensorBundle
-from unified_pipeline.datasets.class_folders import sample_path
+from unified_pipeline.datasets.class_folders import files_inside
 from unified_pipeline.datasets.decode_workers import decode_all
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
@@ -158,18 +158,6 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
         for k in want:
             if last_use[k] == p:
                 fresh.pop(k, None)
-
-
-def files_inside(root: Path, rels: list[str]) -> list[str]:
-    """The manifest paths, refusing one that leads outside the dataset folder (as class_folders.
-    sample_path does; one realpath per file, since a big lane has many)."""
-    base = os.path.realpath(root)
-    for rel in rels:
-        full = os.path.realpath(os.path.join(base, rel))
-        if not full.startswith(base + os.sep):
-            sample_path(root, rel)  # raises the DatasetError naming the file
-            raise DatasetError(f"{root}: manifest path {rel!r} is outside the dataset folder")
-    return rels
 
 
 def _link_earlier(name: str, out: Path, earlier: list[Path]) -> bool:

@@ -7,6 +7,7 @@ until the total is within the bound.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -15,13 +16,14 @@ from typing import Iterable
 
 import numpy as np
 
-from unified_pipeline import hashing
 
 DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 << 30)))
+USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
 
 
 def entry_key(content_sha256: str, settings_digest: str) -> str:
-    return hashing.combine([content_sha256, settings_digest])
+    # Both parts are sha256 hex digests already: joining them is a key as unique as hashing them again.
+    return f"{content_sha256}:{settings_digest[:32]}"
 
 
 class PreprocessCache:
@@ -41,7 +43,8 @@ class PreprocessCache:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS entries_used ON entries (used)")
+            # Covering: the size total and the LRU order are read from the index, not from every blob.
+            conn.execute("CREATE INDEX IF NOT EXISTS entries_used_size ON entries (used, nbytes)")
             self._conn = conn
         return self._conn
 
@@ -62,17 +65,21 @@ class PreprocessCache:
         if db is None or not keys:
             return {}
         out: dict[str, tuple[np.ndarray, int]] = {}
+        now = time.time()
+        stale = []
         for i in range(0, len(keys), 500):
             part = keys[i:i + 500]
-            rows = db.execute(f"SELECT key, dtype, shape, aux, data FROM entries WHERE key IN "
+            rows = db.execute(f"SELECT key, dtype, shape, aux, data, used FROM entries WHERE key IN "
                               f"({','.join('?' * len(part))})", part)
-            for key, dtype, shape, aux, data in rows:
+            for key, dtype, shape, aux, data, used in rows:
                 shape_t = tuple(int(s) for s in shape.split(",") if s)
                 out[key] = (np.frombuffer(data, dtype=dtype).reshape(shape_t), aux)
-        now = time.time()
-        db.execute("BEGIN")
-        db.executemany("UPDATE entries SET used = ? WHERE key = ?", [(now, k) for k in out])
-        db.execute("COMMIT")
+                if used < now - USE_RESOLUTION_S:
+                    stale.append((now, key))
+        if stale:  # the LRU order needs no finer clock than this: a rebuild soon after rewrites nothing
+            db.execute("BEGIN")
+            db.executemany("UPDATE entries SET used = ? WHERE key = ?", stale)
+            db.execute("COMMIT")
         return out
 
     def put_many(self, items: Iterable[tuple[str, np.ndarray, int]]) -> None:
@@ -85,6 +92,13 @@ class PreprocessCache:
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         db.execute("COMMIT")
+
+    def get_json(self, keys: list[str]) -> dict[str, object]:
+        """JSON values (small per-file facts) stored with put_json, under the same size bound and LRU."""
+        return {k: json.loads(a.tobytes()) for k, (a, _aux) in self.get_many(keys).items()}
+
+    def put_json(self, items: Iterable[tuple[str, object]]) -> None:
+        self.put_many((k, np.frombuffer(json.dumps(v).encode(), dtype=np.uint8), 0) for k, v in items)
 
     def total_bytes(self) -> int:
         db = self._db()

@@ -1,7 +1,7 @@
 """Tensors on disk as shards of bounded size, read memory-mapped.
 
 A tensors folder holds one safetensors file per group of rows: `<split>-<n>-<digest>.safetensors`
-with the split's fields (`x`, `y`, `lengths`) for up to SHARD_BYTES of rows, and `shards.json`
+with the split's fields (`x`, `y`, `lengths`) for up to SHARD_BYTES and SHARD_ROWS of rows, and `shards.json`
 listing them with each field's stored dtype and how it is decoded (uint8 pixels and float16
 features become normalised float32 when read). The digest covers the shard's content, so a
 rebuild can take an unchanged shard from an earlier folder instead of writing it again.
@@ -27,6 +27,8 @@ from unified_pipeline.errors import DatasetError
 
 INDEX_FILE = "shards.json"
 SHARD_BYTES = 64 * 2**20  # bounds the memory of writing a shard and of reading one whole
+# Bounds what one changed sample costs: its shard is rebuilt whole (from the preprocessing cache).
+SHARD_ROWS = 4096
 PLAIN_GROUP = "all"  # keys without a split prefix
 
 
@@ -36,7 +38,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def rows_per_shard(row_bytes: int, limit: int | None = None) -> int:
-    return max(1, (limit or SHARD_BYTES) // max(row_bytes, 1))
+    return max(1, min(SHARD_ROWS, (limit or SHARD_BYTES) // max(row_bytes, 1)))
 
 
 def shard_name(group: str, index: int, digest: str) -> str:

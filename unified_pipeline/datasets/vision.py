@@ -1,7 +1,7 @@
 """Image classification data in the torchvision ImageFolder layout: <dataset>/<class>/<image>.
 
-The manifest decodes every image once (PIL) so the quality suite can name broken files and
-odd sizes; `build_tensors` turns decodable images into normalised float tensors [N,C,H,W].
+The manifest decodes every new or changed image once (PIL) so the quality suite can name broken
+files and odd sizes; `build_tensors` turns decodable images into normalised float tensors [N,C,H,W].
 The folder layout itself is checked in `class_folders`, shared with the audio kind.
 """
 from __future__ import annotations
@@ -44,6 +44,10 @@ def read_image_facts(path: Path) -> dict:
         return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def image_facts(root: str, rels: list[str]) -> list[dict]:
+    return [read_image_facts(Path(root) / rel) for rel in rels]
+
+
 def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
     """Exact per-channel sum, sum of squares and count of uint8 pixels, from 256-bin histograms
     (no float copy of the shard)."""
@@ -61,7 +65,7 @@ class VisionKind:
 
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
-        return class_folder_manifest(root, file_hashes, IMAGE_EXTENSIONS, "image", read_image_facts, MANIFEST_COLUMNS,
+        return class_folder_manifest(root, file_hashes, IMAGE_EXTENSIONS, "image", image_facts, MANIFEST_COLUMNS,
                                      cfg or PreprocessConfig(), int_columns=("width", "height", "channels"))
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
