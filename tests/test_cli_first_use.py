@@ -77,9 +77,9 @@ def test_history_plots_keep_datasets_apart_and_draw_histories_without_epochs(tmp
 
 
 def _line_counts(history):
-    from unified_pipeline.training.plots import _groups
+    from unified_pipeline.training.plots import history_groups
 
-    return {g: len(recs) for g, recs in _groups(history).items()}
+    return {g: len(recs) for g, recs in history_groups(history).items()}
 
 
 def test_visualize_writes_under_the_run_root_and_lists_what_it_wrote(vision_version, home, capsys, tmp_path, monkeypatch):

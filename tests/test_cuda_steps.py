@@ -57,8 +57,8 @@ def _alpha_case():
 
     bundle = _memory_bundle(n=600)
     hp = {**A.SPEC.defaults(), "hidden": 32, "embed_dim": 16}
-    model = A.AlphaDeepModel(A._config_from("memory", bundle, hp))
-    train = A._tensors("memory", bundle, "train")
+    model = A.AlphaDeepModel(A.config_from_bundle("memory", bundle, hp))
+    train = A.memory_split("memory", bundle, "train")
     return model, A.make_loss(hp), A.make_metric(hp, train[4].mean(0)), train, "selection_score", True
 
 

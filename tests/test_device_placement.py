@@ -86,8 +86,8 @@ def test_alpha_recall_is_computed_in_fp32_under_bf16_autocast():
     bundle = _memory_bundle()
     hp = {**A.SPEC.defaults(), "hidden": 32, "embed_dim": 16}
     torch.manual_seed(0)
-    model = A.AlphaDeepModel(A._config_from("memory", bundle, hp)).eval()
-    test = A._tensors("memory", bundle, "test")
+    model = A.AlphaDeepModel(A.config_from_bundle("memory", bundle, hp)).eval()
+    test = A.memory_split("memory", bundle, "test")
     metric = A.make_metric(hp, test[4].mean(0))
     with torch.no_grad():
         plain = metric(model, test)

@@ -97,14 +97,14 @@ def test_slots_per_gpu_come_from_the_preset_unless_the_environment_says(monkeypa
     monkeypatch.setenv("UNIFIED_GPUS", "3")
     monkeypatch.delenv("UNIFIED_SLOTS_PER_GPU", raising=False)
     devices.gpu_count.cache_clear()
-    devices._preset_slots_per_gpu.cache_clear()
+    devices.preset_slots_per_gpu.cache_clear()
     try:
         assert devices.total_slots() == 6
         monkeypatch.setenv("UNIFIED_SLOTS_PER_GPU", "1")
         assert devices.total_slots() == 3
     finally:
         devices.gpu_count.cache_clear()
-        devices._preset_slots_per_gpu.cache_clear()
+        devices.preset_slots_per_gpu.cache_clear()
 
 
 @pytest.mark.parametrize("v1", [False, True])

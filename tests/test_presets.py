@@ -149,3 +149,28 @@ def test_project_preset_uses_only_real_settings():
     from unified_pipeline.presets import check_model_settings
 
     check_model_settings(load_preset(default_preset_path()), list(MODELS), default_preset_path())
+
+
+# A model's own preset section and its SPEC's trainer_defaults describe the same model's training;
+# where both set a value they should agree. These differ and stay as they are: under a preset the
+# section's value is what trains the model, and the SPEC's is what a fit without a preset uses
+# (tests, bench), so changing either would move a trained result.
+KNOWN_TRAINER_DEFAULT_DIFFERENCES = {  # (model, key): (SPEC trainer_defaults, model_specific_presets)
+    ("text_service", "epochs"): (12, 14),
+    ("text_service", "batch_size"): (64, 32),
+    ("text_service", "early_stopping_patience"): (8, 6),
+}
+
+
+def test_model_presets_agree_with_the_specs_trainer_defaults():
+    from unified_pipeline.models.registry import MODELS
+    from unified_pipeline.training.trainer_config import canonical
+
+    preset = load_preset(default_preset_path())
+    differ = {}
+    for model, section in preset.model_specific_presets.items():
+        spec_defaults = MODELS[model].spec().trainer_defaults
+        for key, value in canonical(section).items():
+            if key in spec_defaults and spec_defaults[key] != value:
+                differ[(model, key)] = (spec_defaults[key], value)
+    assert differ == KNOWN_TRAINER_DEFAULT_DIFFERENCES

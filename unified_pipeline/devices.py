@@ -60,11 +60,11 @@ def slots_per_gpu() -> int:
     env = os.environ.get("UNIFIED_SLOTS_PER_GPU")
     if env is not None and env.strip() != "":
         return max(1, int(env))
-    return _preset_slots_per_gpu()
+    return preset_slots_per_gpu()
 
 
 @lru_cache(maxsize=1)
-def _preset_slots_per_gpu() -> int:
+def preset_slots_per_gpu() -> int:
     return _preset_hardware().slots_per_gpu
 
 

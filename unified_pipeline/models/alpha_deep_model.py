@@ -286,7 +286,7 @@ def make_metric(hp: dict, feedback_mean: torch.Tensor, json_bytes: float | None 
     return metric_fn
 
 
-def _tensors(name: str, bundle, split: str) -> tuple[torch.Tensor, ...]:
+def memory_split(name: str, bundle, split: str) -> tuple[torch.Tensor, ...]:
     t = bundle.split(split)
     missing = [f for f in FIELDS if f not in t]
     if missing:
@@ -301,7 +301,7 @@ def _tensors(name: str, bundle, split: str) -> tuple[torch.Tensor, ...]:
     return tuple(t[f] for f in FIELDS)
 
 
-def _config_from(name: str, bundle, hp: dict) -> AlphaConfig:
+def config_from_bundle(name: str, bundle, hp: dict) -> AlphaConfig:
     for key in ("vocab", "keyword_vocab", "entity_vocab", "verb_vocab", "action_vocab"):
         if not isinstance(bundle.meta.get(key), list):
             raise DatasetError(f"{name}: meta field {key!r} missing or not a list")
@@ -331,9 +331,9 @@ def fit(job: FitJob) -> FitResult:
     if len(job.datasets) != 1:
         raise ConfigError(f"alpha_deep_model trains on one memory dataset, got {sorted(job.datasets)}")
     name, bundle = next(iter(job.datasets.items()))
-    train, val, test = (_tensors(name, bundle, s) for s in ("train", "val", "test"))
+    train, val, test = (memory_split(name, bundle, s) for s in ("train", "val", "test"))
     torch.manual_seed(job.seed)
-    model = AlphaDeepModel(_config_from(name, bundle, hp))
+    model = AlphaDeepModel(config_from_bundle(name, bundle, hp))
     model.modality_mean.copy_(train[3].mean(0))
     model.modality_std.copy_(train[3].std(0).clamp_min(1e-6))
     feedback_mean = train[4].mean(0)

@@ -1,11 +1,12 @@
 """Live commands for a running fit through a small JSON control file.
 
 A writer (CLI, UI, a person) calls `write_command(path, lr=1e-4)`, `write_command(path, pause=True)`,
-`write_command(path, pause=False)` or `write_command(path, stop=True)`. The trainer polls the file
-at step boundaries with one stat() and claims it by renaming it away before reading, so a command
-written while another is being read is never lost or applied twice, and a stale command cannot
-leak into a later run: a command already waiting when a training step starts is dropped by
-`drop_stale` (the model was not training when it was written).
+`write_command(path, pause=False)` or `write_command(path, stop=True)`. The trainer's `LiveControl`
+callback (callbacks.py) polls the file at step boundaries with one stat() and claims it by
+renaming it away before reading, so a command written while another is being read is never lost
+or applied twice, and a stale command cannot leak into a later run: a command already waiting
+when a training step starts is dropped by `drop_stale` (the model was not training when it was
+written).
 """
 from __future__ import annotations
 

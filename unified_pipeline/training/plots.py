@@ -88,7 +88,8 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _groups(history: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+def history_groups(history: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    """History records by the dataset, environment or advised model they belong to (one plot line each)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for rec in history:
         if isinstance(rec, dict):
@@ -138,7 +139,7 @@ def history_plots(history: Sequence[Any], folder: Path, name: str) -> list[Path]
     """Every curve a history holds, whatever the model wrote: losses, each validation metric, and
     for histories without losses (NOTEARS iterations, controller trials) every numeric series.
     Records of different datasets, environments or advised models are separate lines."""
-    groups = _groups(history)
+    groups = history_groups(history)
     if not groups:
         return []
     keys = {k for recs in groups.values() for r in recs for k, v in r.items() if _number(v)}
