@@ -157,3 +157,21 @@ def test_spoken_digits_are_deterministic_speech(tmp_path, monkeypatch):
     data, rate = sf.read(one / "seven" / "seven_0000.wav")
     frame_rms = np.sqrt(np.mean(data[: len(data) // 256 * 256].reshape(-1, 256) ** 2, axis=1))
     assert frame_rms.max() > 3 * np.median(frame_rms[:4])
+
+
+def test_prediction_features_equal_the_training_tensors(tmp_path):
+    """A clip read for prediction gets the features training read from the shards, to float32
+    rounding: the same float16 step, normalisation and zeroed padding."""
+    import torch
+
+    from unified_pipeline.models.audio_rnn import load_clips
+
+    root = make_clips(tmp_path / "ds", {"a": 6, "b": 6}, rate=8000, seconds=0.6)
+    bundle = KIND.build_tensors(root, manifest_of(root), PreprocessConfig(sample_rate=16000, n_mels=24,
+                                                                           max_audio_seconds=1.0))
+    part = bundle.split("train")
+    paths = [root / rel for rel in bundle.sidecars["samples"]["train"]]
+    x, lengths = load_clips(paths, bundle.meta)
+    assert torch.equal(lengths, part["lengths"])
+    width = x.shape[-1]
+    assert torch.allclose(x, part["x"][..., :width], atol=1e-5, rtol=0)

@@ -68,10 +68,26 @@ def manifest_path(dataset: str, version: str) -> Path:
     return unified_home() / "manifests" / dataset / f"{version[:16]}.jsonl"
 
 
-def read_manifest(path: str | Path):
+def read_manifest(path: str | Path, columns: tuple[str, ...] | None = None):
+    """The manifest as a DataFrame; `columns` keeps only those. Read line by line into one list per
+    column: pandas' read_json first builds a dict per row, which at 180,000 rows was the tensors
+    step's peak memory."""
     import pandas as pd
 
-    return pd.read_json(path, orient="records", lines=True, dtype=False, convert_dates=False)
+    values: dict[str, list] = {key: [] for key in columns or ()}
+    rows = 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if columns is None:
+                for key in record:
+                    values.setdefault(key, [None] * rows)  # a key earlier rows lacked: None there
+            for key, column in values.items():
+                column.append(record.get(key))
+            rows += 1
+    return pd.DataFrame(values, columns=list(columns) if columns else None)
 
 
 def lane_settings(ref: DatasetRef, settings: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +125,7 @@ def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: 
             if hasattr(kind, "write_tensors"):  # shard by shard, from the per-file cache, in bounded memory
                 from unified_pipeline.datasets.class_shards import earlier_folders
 
-                meta = kind.write_tensors(ref.root, read_manifest(manifest_file), cfg, tmp,
+                meta = kind.write_tensors(ref.root, read_manifest(manifest_file, getattr(kind, "tensor_columns", None)), cfg, tmp,
                                           reuse_from=earlier_folders(out))
                 _set_lane_facts(meta, ref, version)
                 atomic.write_json(tmp / META_FILE, meta)

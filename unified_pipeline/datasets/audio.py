@@ -116,6 +116,9 @@ class AudioKind:
     name = "audio"
     description = "audio clips in class sub-folders (wav/flac/ogg), any sample rate and channel count"
 
+    # What write_tensors reads of a manifest (the tensors step reads no other column).
+    tensor_columns = ("sample_id", "path", "label", "sha256", "decodable", "error")
+
     def detect(self, root: Path) -> bool:
         return detect_class_folders(root, AUDIO_EXTENSIONS)
 

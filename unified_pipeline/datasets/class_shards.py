@@ -72,7 +72,8 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     settings_digest = hashing.combine([codec.kind, json.dumps(codec.settings, sort_keys=True), code])
     keys = [entry_key(sha, settings_digest) for sha in manifest["sha256"]]
     classes = sorted(manifest["label"].unique())
-    labels = np.array([classes.index(c) for c in manifest["label"]], dtype=np.int64)
+    class_index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_index[c] for c in manifest["label"]], dtype=np.int64)
     splits = assign_splits(manifest, cfg)
     sample_ids = manifest["sample_id"].to_numpy()
     per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)

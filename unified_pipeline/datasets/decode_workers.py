@@ -52,12 +52,30 @@ def one_thread() -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+# The decoder a file's suffix names is tried first: PIL's open otherwise probes format after format.
+FORMAT_OF_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+def open_image(path: Path):
+    """PIL's Image.open, with the format the suffix names tried first (a misnamed file still opens)."""
+    from PIL import Image, UnidentifiedImageError
+
+    fmt = FORMAT_OF_SUFFIX.get(os.path.splitext(str(path))[1].lower())
+    if fmt:
+        try:
+            return Image.open(path, formats=[fmt])
+        except UnidentifiedImageError:
+            pass
+    return Image.open(path)
+
+
 def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert(mode)
+    with open_image(path) as im:
+        if im.mode != mode:
+            im = im.convert(mode)
         if size is not None and (im.height, im.width) != size:
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)

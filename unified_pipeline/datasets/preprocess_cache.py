@@ -41,6 +41,8 @@ class PreprocessCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
+            # A transaction stays all-or-nothing; a power cut may lose the last ones, which are re-decoded.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL)")
             # Covering: the size total and the LRU order are read from the index, not from every blob.

@@ -17,7 +17,7 @@ from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.class_folders import (
     class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
-from unified_pipeline.datasets.decode_workers import decode_images, load_image  # noqa: F401 (prediction reads images through here)
+from unified_pipeline.datasets.decode_workers import decode_images, load_image, open_image  # noqa: F401 (prediction reads images through here)
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 
@@ -31,10 +31,8 @@ MANIFEST_COLUMNS = [
 
 def read_image_facts(path: Path) -> dict:
     """Fully decode one image (so truncated files fail here, not during training)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             return {
                 "width": im.width, "height": im.height, "channels": len(im.getbands()),
@@ -59,6 +57,9 @@ def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
 class VisionKind:
     name = "vision"
     description = "images in class sub-folders (png/jpg/jpeg/bmp/webp), ImageFolder layout"
+
+    # What write_tensors reads of a manifest (the tensors step reads no other column).
+    tensor_columns = ("sample_id", "path", "label", "sha256", "decodable", "error", "mode", "width", "height")
 
     def detect(self, root: Path) -> bool:
         return detect_class_folders(root, IMAGE_EXTENSIONS)

@@ -1,0 +1,42 @@
+"""Images decode to PIL's pixels whatever their mode, format or (mis)named suffix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unified_pipeline.datasets.decode_workers import load_image
+from unified_pipeline.datasets.vision import read_image_facts
+
+RGB = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+CASES = [(m, f) for f in ("png", "webp", "bmp") for m in ("RGB", "RGBA", "L", "P", "1")] + [
+    (m, "jpg") for m in ("RGB", "L", "1")]  # JPEG holds no alpha or palette
+
+
+def _pil(path, mode):
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert(mode))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("mode,fmt", CASES)
+def test_every_mode_and_format_decodes_to_pils_pixels(tmp_path, mode, fmt):
+    path = tmp_path / f"img.{fmt}"
+    Image.fromarray(RGB).convert(mode).save(path)
+    for want in ("RGB", "L"):
+        assert np.array_equal(load_image(path, want, None), _pil(path, want))
+
+
+def test_a_file_whose_suffix_names_another_format_still_decodes(tmp_path):
+    path = tmp_path / "really_a_jpeg.png"
+    Image.fromarray(RGB).save(path, format="JPEG")
+    assert read_image_facts(path)["format"] == "JPEG"
+    assert np.array_equal(load_image(path, "RGB", None), _pil(path, "RGB"))
+
+
+def test_a_truncated_png_is_refused_with_pils_error(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(RGB).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    facts = read_image_facts(path)
+    assert facts["decodable"] is False and "truncated" in facts["error"]
