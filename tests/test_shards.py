@@ -16,7 +16,8 @@ from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.datasets.shards import MappedRows
 from unified_pipeline.datasets.vision import KIND as VISION
-from unified_pipeline.hashing import dataset_version
+from unified_pipeline.datasets.splits import split_of
+from unified_pipeline.hashing import dataset_version, sha256_file
 from unified_pipeline.training.checkpoints import list_checkpoints
 from unified_pipeline.training.trainer import TrainingInterrupted
 
@@ -78,12 +79,8 @@ def test_vision_tensors_compact_sharded_and_equal_to_one_piece(tmp_path, monkeyp
     assert abs(float(train.mean())) < 1e-5 and abs(float(train.std(unbiased=False)) - 1) < 1e-4
 
 
-def test_cache_decodes_only_changed_files_reuses_shards_and_prunes(tmp_path, monkeypatch):
-    root = _images(tmp_path / "ds", per_class=12)
-    cache = PreprocessCache(tmp_path / "cache.sqlite")
-    monkeypatch.setattr(class_shards, "SHARD_BYTES", 4 * 8 * 8 * 3)
-    runs = []
-
+def _builder(tmp_path, root, cache, monkeypatch):
+    """build(name) -> (tensors folder, the BuildReport of writing it), reusing earlier folders."""
     def build(name):
         out = tmp_path / "tensors" / name
         report = class_shards.write_class_tensors
@@ -97,7 +94,21 @@ def test_cache_decodes_only_changed_files_reuses_shards_and_prunes(tmp_path, mon
         VISION.write_tensors(root, _manifest(root), PreprocessConfig(), out,
                              reuse_from=class_shards.earlier_folders(out), cache=cache)
         monkeypatch.setattr(class_shards, "write_class_tensors", report)
-        runs.append(calls["report"])
+        return out, calls["report"]
+
+    return build
+
+
+def test_cache_decodes_only_changed_files_reuses_shards_and_prunes(tmp_path, monkeypatch):
+    root = _images(tmp_path / "ds", per_class=12)
+    cache = PreprocessCache(tmp_path / "cache.sqlite")
+    monkeypatch.setattr(class_shards, "SHARD_BYTES", 4 * 8 * 8 * 3)
+    runs = []
+    make = _builder(tmp_path, root, cache, monkeypatch)
+
+    def build(name):
+        out, report = make(name)
+        runs.append(report)
         return out
 
     first = build("v1")
@@ -115,6 +126,23 @@ def test_cache_decodes_only_changed_files_reuses_shards_and_prunes(tmp_path, mon
     assert runs[3].decoded == 0 and runs[3].cached == 24 and runs[3].shards_written == runs[0].shards_written
     cache.max_bytes = 10 * 8 * 8 * 3
     assert cache.prune() == 15 and len(cache) == 10 and cache.total_bytes() <= cache.max_bytes
+
+
+def test_an_added_file_rewrites_its_own_shard_not_every_later_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")
+    root = _images(tmp_path / "ds", per_class=300)
+    monkeypatch.setattr(class_shards, "SHARD_BYTES", 64 * 8 * 8 * 3)  # at most 64 rows a shard
+    build = _builder(tmp_path, root, PreprocessCache(tmp_path / "cache.sqlite"), monkeypatch)
+    _, first = build("v1")
+    assert first.shards_written >= 10 and sum(first.counts.values()) == 600
+    # A new train image near the start of the train rows: cut by count, every later train shard would shift.
+    for value in range(256):
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(root / "a" / "0005.png")
+        if split_of(sha256_file(root / "a" / "0005.png")) == "train":
+            break
+    _, second = build("v2")
+    assert second.decoded == 1 and second.shards_written <= 2
+    assert second.shards_reused + second.shards_written == sum(len(e) for e in second.index.values())
 
 
 def _train_streamed(tmp_path, ckdir=None, **kw):

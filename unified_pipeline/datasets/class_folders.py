@@ -93,13 +93,17 @@ def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tupl
     for cls in _visible_dirs(root):
         if per_class.get(cls.name, 0) == 0:
             raise DatasetError(f"{cls}: class folder is empty")
-    unknown = sorted(rel for rel in file_hashes if Path(rel).suffix.lower() not in extensions)
+    unknown = sorted(rel for rel in file_hashes if os.path.splitext(rel)[1].lower() not in extensions)
     if unknown:
         raise DatasetError(
             f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
         )
-    return files_inside(root, sorted(file_hashes))
+    rels = sorted(file_hashes)
+    # The folder walk leaves out links that lead outside; a path given any other way is checked whole.
+    escaping = [rel for rel in rels if rel.startswith("/") or "/../" in f"/{rel}/" or "/./" in f"/{rel}/"]
+    files_inside(root, escaping)
+    return rels
 
 
 def base_row(root: Path, rel: str, sha256: str) -> dict:

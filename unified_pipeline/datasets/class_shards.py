@@ -70,25 +70,25 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     out.mkdir(parents=True, exist_ok=True)
     cache = default_cache() if cache is None else cache
     settings_digest = hashing.combine([codec.kind, json.dumps(codec.settings, sort_keys=True), code])
-    keys = [entry_key(sha, settings_digest) for sha in manifest["sha256"]]
+    keys = [entry_key(sha, settings_digest) for sha in manifest["sha256"].tolist()]
     classes = sorted(manifest["label"].unique())
     class_index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([class_index[c] for c in manifest["label"]], dtype=np.int64)
+    labels = np.array([class_index[c] for c in manifest["label"].tolist()], dtype=np.int64)
     splits = assign_splits(manifest, cfg)
     sample_ids = manifest["sample_id"].to_numpy()
     per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)
     report, plan, index = BuildReport(), [], {}
+    earlier = _earlier_shards(reuse_from or [])
     for split in SPLITS:
         sel = np.flatnonzero(splits == split)
         report.counts[split] = int(len(sel))
         report.samples[split] = sample_ids[sel].tolist()
         entries = []
-        for n, start in enumerate(range(0, len(sel), per_shard)):
-            rows = sel[start:start + per_shard]
+        for n, rows in enumerate(cut_shards(sel, keys, per_shard)):
             digest = hashing.combine([settings_digest, *(f"{keys[i]}:{labels[i]}" for i in rows)])
             name = shard_name(split, n, digest)
             entries.append({"file": name, "rows": int(len(rows))})
-            if _link_earlier(name, out, reuse_from or []):
+            if _link_earlier(earlier.get((split, digest[:16])), out / name):
                 report.shards_reused += 1
             else:
                 plan.append((split, n, rows, digest))
@@ -161,16 +161,45 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
                 fresh.pop(k, None)
 
 
-def _link_earlier(name: str, out: Path, earlier: list[Path]) -> bool:
-    for folder in earlier:
-        src = folder / name
-        if src.is_file():
-            try:
-                os.link(src, out / name)
-            except OSError:  # another file system: a copy still saves the decoding
-                shutil.copy2(src, out / name)
-            return True
-    return False
+CONTENT_CUTS_FROM = 64  # rows per shard below which shards are cut by count alone
+
+
+def cut_shards(rows: np.ndarray, keys: list[str], per_shard: int) -> list[np.ndarray]:
+    """The split's rows (manifest order) in shards of at most `per_shard` rows, cut where a row's
+    content hash says so (on average every per_shard/2 rows), as content-defined chunking does:
+    a changed, added or removed file then changes its own shard and at most its neighbour, not
+    every shard after it."""
+    if per_shard < CONTENT_CUTS_FROM:
+        return [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)]
+    every = per_shard // 2
+    out, start = [], 0
+    for pos, i in enumerate(rows):
+        if pos + 1 - start >= per_shard or int(keys[i][:8], 16) % every == 0:
+            out.append(rows[start:pos + 1])
+            start = pos + 1
+    if start < len(rows):
+        out.append(rows[start:])
+    return out
+
+
+def _earlier_shards(folders: list[Path]) -> dict[tuple[str, str], Path]:
+    """(split, digest prefix) -> a shard file of an earlier tensors folder (newest folder first)."""
+    found: dict[tuple[str, str], Path] = {}
+    for folder in reversed(folders):  # newer folders overwrite older ones
+        for path in folder.glob("*.safetensors"):
+            split, _, rest = path.name.partition("-")
+            found[(split, rest.rpartition("-")[2].removesuffix(".safetensors"))] = path
+    return found
+
+
+def _link_earlier(src: Path | None, dest: Path) -> bool:
+    if src is None or not src.is_file():
+        return False
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system: a copy still saves the decoding
+        shutil.copy2(src, dest)
+    return True
 
 
 def _torch_dtype(dtype) -> torch.dtype:

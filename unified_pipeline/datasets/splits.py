@@ -97,7 +97,7 @@ def _lend(split: dict[str, str], score: dict[str, float], wanted: list[str]) -> 
 
 def assign_splits(manifest, cfg) -> np.ndarray:
     """Stratified split of each manifest row (columns sha256 and label) under cfg.seed and cfg.fractions."""
-    return np.array(stratified_splits(list(manifest["sha256"]), list(manifest["label"]), cfg.seed, cfg.fractions),
+    return np.array(stratified_splits(manifest["sha256"].tolist(), manifest["label"].tolist(), cfg.seed, cfg.fractions),
                     dtype=object)
 
 

@@ -85,7 +85,7 @@ class VisionKind:
         if manifest.empty:
             raise DatasetError(f"{root}: manifest has no samples")
         refuse_undecodable(manifest, root)
-        mode = "L" if all(m in GRAY_MODES for m in manifest["mode"]) else "RGB"
+        mode = "L" if set(manifest["mode"].unique()) <= set(GRAY_MODES) else "RGB"
         size = self._target_size(root, manifest, cfg)
         h, w = size or (int(manifest["height"].iloc[0]), int(manifest["width"].iloc[0]))
         channels = 1 if mode == "L" else 3
@@ -112,7 +112,7 @@ class VisionKind:
     def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:
         if cfg.image_size and cfg.image_size > 0:
             return (int(cfg.image_size), int(cfg.image_size))
-        sizes = Counter(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
+        sizes = Counter(zip(manifest["height"].astype(int).tolist(), manifest["width"].astype(int).tolist()))
         if len(sizes) > 1:
             common = sizes.most_common(1)[0][0]
             odd = manifest[[(h, w) != common for h, w in zip(manifest["height"], manifest["width"])]].iloc[0]
