@@ -227,3 +227,44 @@ def test_streamed_uint8_images_decoded_at_the_device_train_like_in_memory(tmp_pa
         weights.append(model.state_dict())
     for k, v in weights[0].items():
         assert torch.equal(weights[1][k], v), k
+
+
+def test_the_manifest_decodes_colour_images_once_for_the_tensors_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")
+    root = _images(tmp_path / "ds", per_class=6)
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8)).save(root / "a" / "grey.png")  # its mode waits for the rest
+    cache = PreprocessCache(tmp_path / "cache.sqlite")
+    manifest = VISION.build_manifest(root, dataset_version(root)[1], PreprocessConfig(facts_cache=cache))
+    out, calls = tmp_path / "t", {}
+    real = class_shards.write_class_tensors
+    monkeypatch.setattr(class_shards, "write_class_tensors",
+                        lambda *a, **k: calls.setdefault("report", real(*a, **k)))
+    VISION.write_tensors(root, manifest, PreprocessConfig(), out, cache=cache)
+    assert (calls["report"].decoded, calls["report"].cached) == (1, 12)  # only the grey image
+    fresh = VISION.build_tensors(root, manifest, PreprocessConfig())  # decoded here, nothing cached
+    stored = TensorBundle.load(out)
+    for split in ("train", "val", "test"):
+        assert torch.equal(stored.split(split)["x"], fresh.split(split)["x"])
+
+
+def test_a_new_manifest_reads_only_new_or_changed_files(tmp_path, monkeypatch):
+    from unified_pipeline.datasets import class_folders
+
+    root = _images(tmp_path / "ds", per_class=5)
+    cache = PreprocessCache(tmp_path / "cache.sqlite")
+    read = []
+    real = class_folders.decode_all
+    monkeypatch.setattr(class_folders, "decode_all", lambda fn, r, rels, extra: read.append(sorted(rels)) or
+                        real(fn, r, rels, extra, workers=1))
+
+    def manifest():
+        return VISION.build_manifest(root, dataset_version(root)[1], PreprocessConfig(facts_cache=cache))
+
+    first = manifest()
+    Image.fromarray(np.full((8, 8, 3), 3, dtype=np.uint8)).save(root / "b" / "002.png")
+    (root / "a" / "001.png").write_bytes(b"not an image")
+    second = manifest()
+    assert len(read[0]) == 10 and read[1] == ["a/001.png", "b/002.png"]
+    assert not second.set_index("path").loc["a/001.png", "decodable"]
+    same = ["width", "height", "mode", "decodable"]
+    assert second.drop(index=[1, 7])[same].equals(first.drop(index=[1, 7])[same])

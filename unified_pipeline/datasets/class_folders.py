@@ -120,14 +120,16 @@ def base_row(root: Path, rel: str, sha256: str) -> dict:
 
 
 def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], unit: str,
-                          read_facts: Callable[[str, list[str]], list[dict]], columns: list[str], cfg: Any,
-                          int_columns: tuple[str, ...] = (), float_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per file: the common columns, then what `read_facts(root, files)` reads from each
-    file (None where it could not), typed, with the stratified split assigned."""
+                          read_facts: Callable[..., list[dict]], columns: list[str], cfg: Any,
+                          int_columns: tuple[str, ...] = (), float_columns: tuple[str, ...] = (),
+                          extra: tuple = (), rows_under: str | None = None) -> pd.DataFrame:
+    """One row per file: the common columns, then what `read_facts(root, files, *extra)` reads from
+    each file (None where it could not), typed, with the stratified split assigned. See file_facts
+    for `rows_under`."""
     root = Path(root)
     rels = scan_class_folders(root, file_hashes, extensions, unit)
     rows = []
-    for rel, facts in zip(rels, file_facts(root, rels, file_hashes, read_facts, cfg, unit)):
+    for rel, facts in zip(rels, file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)):
         row = base_row(root, rel, file_hashes[rel])
         row.update({c: None for c in columns if c not in row})
         row.update(facts)
@@ -142,22 +144,39 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     return df
 
 
+ROW_FIELD = "_row"  # a decoded tensor row a facts reader may return beside the facts
+PUT_EVERY = 1024  # decoded rows held before they go to the cache
+
+
 def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str], read_facts: Callable, cfg: Any,
-               unit: str) -> list[dict]:
+               unit: str, extra: tuple = (), rows_under: str | None = None) -> list[dict]:
     """`read_facts` of every file, remembered by content hash in cfg.facts_cache: a new manifest
-    reads only the files that are new or changed, and reads them on every core."""
-    cache = getattr(cfg, "facts_cache", None) or PreprocessCache(None)
+    reads only the files that are new or changed, and reads them on every core.
+
+    A reader that decodes a file whole anyway may also return the tensor row the tensors step will
+    want (under ROW_FIELD); it is cached under `rows_under` (the tensors' settings digest), so
+    that file is decoded once, not once here and once again for the tensors."""
+    cache = getattr(cfg, "facts_cache", None)
+    cache = PreprocessCache(None) if cache is None else cache  # (an empty cache is falsy: it has a len)
     reader = hashing.combine(["facts", read_facts.__module__, read_facts.__qualname__,
-                              code_version(read_facts.__module__)])
+                              code_version(read_facts.__module__), repr(extra)])
     keys = [entry_key(file_hashes[rel], reader) for rel in rels]
     known = cache.get_json(sorted(set(keys)))
     todo = [i for i, key in enumerate(keys) if key not in known]
-    read = decode_all(read_facts, root, [rels[i] for i in todo], ())
-    fresh = []
+    read = decode_all(read_facts, root, [rels[i] for i in todo], extra)
+    fresh, decoded = [], []
     for i, facts in zip(todo, track(read, f"reading {root.name}", total=len(todo), log=cfg.log, unit=unit)):
+        row = facts.pop(ROW_FIELD, None)
+        if row is not None and rows_under:
+            decoded.append((entry_key(file_hashes[rels[i]], rows_under), row, 0))
+            if len(decoded) >= PUT_EVERY:
+                cache.put_many(decoded)
+                decoded = []
         known[keys[i]] = facts
         fresh.append((keys[i], facts))
+    cache.put_many(decoded)
     cache.put_json(fresh)
+    cache.prune()
     return [known[key] for key in keys]
 
 

@@ -29,7 +29,7 @@ from unified_pipeline import hashing
 from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.datasets.class_folders import files_inside
 from unified_pipeline.datasets.decode_workers import decode_all
-from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key, settings_digest
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
@@ -69,8 +69,8 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     """Shards + shards.json into `out` (a folder the caller renames into place when complete)."""
     out.mkdir(parents=True, exist_ok=True)
     cache = default_cache() if cache is None else cache
-    settings_digest = hashing.combine([codec.kind, json.dumps(codec.settings, sort_keys=True), code])
-    keys = [entry_key(sha, settings_digest) for sha in manifest["sha256"].tolist()]
+    row_digest = settings_digest(codec.kind, codec.settings, code)
+    keys = [entry_key(sha, row_digest) for sha in manifest["sha256"].tolist()]
     classes = sorted(manifest["label"].unique())
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[c] for c in manifest["label"].tolist()], dtype=np.int64)
@@ -85,7 +85,7 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
         report.samples[split] = sample_ids[sel].tolist()
         entries = []
         for n, rows in enumerate(cut_shards(sel, keys, per_shard)):
-            digest = hashing.combine([settings_digest, *(f"{keys[i]}:{labels[i]}" for i in rows)])
+            digest = hashing.combine([row_digest, *(f"{keys[i]}:{labels[i]}" for i in rows)])
             name = shard_name(split, n, digest)
             entries.append({"file": name, "rows": int(len(rows))})
             if _link_earlier(earlier.get((split, digest[:16])), out / name):
@@ -134,7 +134,7 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
     order = iter(misses)
     for p, (split, n, rows, digest) in enumerate(plan):
         want = {keys[i] for i in rows}
-        got = cache.get_many(sorted(want - fresh.keys()))
+        got = cache.get_many(sorted((want & have) - fresh.keys()))  # the misses are being decoded
         new = []
         missing = want - got.keys() - fresh.keys()
         while missing:

@@ -71,14 +71,19 @@ def open_image(path: Path):
 
 def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """Decode to uint8 [C,H,W] in `mode` ("L" or "RGB"), resized to size=(H,W) when given."""
+    with open_image(path) as im:
+        return image_pixels(im, mode, size)
+
+
+def image_pixels(im, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """An opened PIL image as uint8 [C,H,W] in `mode`, resized to size=(H,W) when given."""
     from PIL import Image
 
-    with open_image(path) as im:
-        if im.mode != mode:
-            im = im.convert(mode)
-        if size is not None and (im.height, im.width) != size:
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+    if im.mode != mode:
+        im = im.convert(mode)
+    if size is not None and (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -16,9 +16,16 @@ from typing import Iterable
 
 import numpy as np
 
+from unified_pipeline import hashing
+
 
 DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 << 30)))
 USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
+
+
+def settings_digest(kind: str, settings: dict, code: str) -> str:
+    """What a decoded row depends on besides the file: the kind, its decoding settings, its code."""
+    return hashing.combine([kind, json.dumps(settings, sort_keys=True), code])
 
 
 def entry_key(content_sha256: str, settings_digest: str) -> str:

@@ -15,10 +15,12 @@ import pandas as pd
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.class_folders import (
-    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
+    ROW_FIELD, class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
-from unified_pipeline.datasets.decode_workers import decode_images, load_image, open_image  # noqa: F401 (prediction reads images through here)
-from unified_pipeline.datasets.preprocess_cache import PreprocessCache
+from unified_pipeline.datasets.decode_workers import (  # noqa: F401 (prediction reads images through here)
+    decode_images, image_pixels, load_image, open_image,
+)
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache, settings_digest
 from unified_pipeline.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -29,21 +31,30 @@ MANIFEST_COLUMNS = [
 ]
 
 
-def read_image_facts(path: Path) -> dict:
-    """Fully decode one image (so truncated files fail here, not during training)."""
+def read_image_facts(path: Path, size: tuple[int, int] | None = None, with_pixels: bool = False) -> dict:
+    """Fully decode one image (so truncated files fail here, not during training). `with_pixels`:
+    a colour image's tensor row comes along (ROW_FIELD): whatever the other images are, its lane
+    is stored as RGB at `size`, so the tensors step need not decode it again."""
     try:
         with open_image(path) as im:
             im.load()
-            return {
-                "width": im.width, "height": im.height, "channels": len(im.getbands()),
-                "mode": im.mode, "format": im.format,
-            }
+            facts = {"width": im.width, "height": im.height, "channels": len(im.getbands()),
+                     "mode": im.mode, "format": im.format}
+            if with_pixels and im.mode not in GRAY_MODES:  # a grey one's mode depends on the others
+                facts[ROW_FIELD] = image_pixels(im, "RGB", size)
+            return facts
     except Exception as exc:  # PIL raises many types for broken files; all mean "not decodable"
         return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def image_facts(root: str, rels: list[str]) -> list[dict]:
-    return [read_image_facts(Path(root) / rel) for rel in rels]
+def image_facts(root: str, rels: list[str], size: tuple[int, int] | None = None,
+                with_pixels: bool = False) -> list[dict]:
+    return [read_image_facts(Path(root) / rel, size, with_pixels) for rel in rels]
+
+
+def tensor_settings(mode: str, size: tuple[int, int] | None) -> dict:
+    """What a stored image row depends on (with the code): part of its cache key."""
+    return {"mode": mode, "size": list(size) if size else None}
 
 
 def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,8 +77,13 @@ class VisionKind:
 
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
+        cfg = cfg or PreprocessConfig()
+        size = (int(cfg.image_size), int(cfg.image_size)) if cfg.image_size and cfg.image_size > 0 else None
+        keep = cfg.facts_cache is not None  # decoded rows go to the cache the tensors step reads
         return class_folder_manifest(root, file_hashes, IMAGE_EXTENSIONS, "image", image_facts, MANIFEST_COLUMNS,
-                                     cfg or PreprocessConfig(), int_columns=("width", "height", "channels"))
+                                     cfg, int_columns=("width", "height", "channels"), extra=(size, keep),
+                                     rows_under=settings_digest(self.name, tensor_settings("RGB", size),
+                                                                code_version(__name__)) if keep else None)
 
     def build_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> TensorBundle:
         """The tensors in memory (built through the same shards as `write_tensors`, without the cache)."""
@@ -89,7 +105,7 @@ class VisionKind:
         size = self._target_size(root, manifest, cfg)
         h, w = size or (int(manifest["height"].iloc[0]), int(manifest["width"].iloc[0]))
         channels = 1 if mode == "L" else 3
-        codec = Codec(kind=self.name, settings={"mode": mode, "size": list(size) if size else None},
+        codec = Codec(kind=self.name, settings=tensor_settings(mode, size),
                       decode=decode_images, extra=(mode, size), row_shape=(channels, h, w), dtype=np.uint8,
                       stats=pixel_sums)
         report = write_class_tensors(codec, root, manifest, cfg, out, reuse_from, cache,
