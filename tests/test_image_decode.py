@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from unified_pipeline.datasets.decode_workers import load_image
-from unified_pipeline.datasets.vision import read_image_facts
+from unified_pipeline.datasets.facts_readers import read_image_facts
 
 RGB = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
 CASES = [(m, f) for f in ("png", "webp", "bmp") for m in ("RGB", "RGBA", "L", "P", "1")] + [

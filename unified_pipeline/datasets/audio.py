@@ -7,7 +7,6 @@ turns them into log-mel spectrograms normalised per mel bin with train-split sta
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from unified_pipeline.datasets.class_folders import (
     class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
 from unified_pipeline.datasets.decode_workers import LOG_OFFSET, decode_clips
+from unified_pipeline.datasets.facts_readers import clip_facts
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.errors import DatasetError
 
@@ -28,34 +28,6 @@ MANIFEST_COLUMNS = [
     "sample_rate", "channels", "duration_s", "frames", "format", "peak",
 ]
 BATCH = 256  # clips per MelSpectrogram call: bounded memory, vectorised FFTs
-_WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
-
-
-def read_clip_facts(path: Path) -> dict:
-    """Decode the whole clip: header facts, peak level, and why it is unusable if it is."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile reports every unreadable file as an exception
-        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
-    facts = {
-        "sample_rate": int(info.samplerate), "channels": int(info.channels), "frames": int(data.shape[0]),
-        "duration_s": data.shape[0] / info.samplerate if info.samplerate else 0.0, "format": info.format,
-        "peak": float(np.abs(data).max()) if data.size else 0.0,
-    }
-    # libsndfile silently reads what is there when a WAV's data chunk is cut short
-    short = _WAV_SHORT.search(info.extra_info or "")
-    if short and int(short.group(2)) < int(short.group(1)):
-        facts.update(decodable=False, error=f"truncated: header declares {short.group(1)} data bytes, file holds {short.group(2)}")
-    elif data.shape[0] == 0:
-        facts.update(decodable=False, error="no audio frames")
-    return facts
-
-
-def clip_facts(root: str, rels: list[str]) -> list[dict]:
-    return [read_clip_facts(Path(root) / rel) for rel in rels]
 
 
 def load_clip(path: Path, sample_rate: int, max_samples: int, resamplers: dict | None = None):

@@ -14,6 +14,7 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.decode_workers import decode_all
+from unified_pipeline.datasets.facts_readers import ROW_FIELD
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, entry_key
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.datasets.splits import assign_splits
@@ -144,7 +145,6 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     return df
 
 
-ROW_FIELD = "_row"  # a decoded tensor row a facts reader may return beside the facts
 PUT_EVERY = 1024  # decoded rows held before they go to the cache
 
 

@@ -15,41 +15,18 @@ import pandas as pd
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.class_folders import (
-    ROW_FIELD, class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
+    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
 )
-from unified_pipeline.datasets.decode_workers import (  # noqa: F401 (prediction reads images through here)
-    decode_images, image_pixels, load_image, open_image,
-)
+from unified_pipeline.datasets.decode_workers import decode_images, load_image  # noqa: F401 (prediction reads images through here)
+from unified_pipeline.datasets.facts_readers import GRAY_MODES, image_facts
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, settings_digest
 from unified_pipeline.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-GRAY_MODES = ("1", "L")
 MANIFEST_COLUMNS = [
     "sample_id", "path", "label", "sha256", "size", "split", "decodable", "error",
     "width", "height", "channels", "mode", "format",
 ]
-
-
-def read_image_facts(path: Path, size: tuple[int, int] | None = None, with_pixels: bool = False) -> dict:
-    """Fully decode one image (so truncated files fail here, not during training). `with_pixels`:
-    a colour image's tensor row comes along (ROW_FIELD): whatever the other images are, its lane
-    is stored as RGB at `size`, so the tensors step need not decode it again."""
-    try:
-        with open_image(path) as im:
-            im.load()
-            facts = {"width": im.width, "height": im.height, "channels": len(im.getbands()),
-                     "mode": im.mode, "format": im.format}
-            if with_pixels and im.mode not in GRAY_MODES:  # a grey one's mode depends on the others
-                facts[ROW_FIELD] = image_pixels(im, "RGB", size)
-            return facts
-    except Exception as exc:  # PIL raises many types for broken files; all mean "not decodable"
-        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def image_facts(root: str, rels: list[str], size: tuple[int, int] | None = None,
-                with_pixels: bool = False) -> list[dict]:
-    return [read_image_facts(Path(root) / rel, size, with_pixels) for rel in rels]
 
 
 def tensor_settings(mode: str, size: tuple[int, int] | None) -> dict:

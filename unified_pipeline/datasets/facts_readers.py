@@ -1,0 +1,65 @@
+"""What the manifest step reads from each image or clip, run in worker processes.
+
+Kept apart from the kinds' modules so a worker imports PIL, soundfile and numpy only: importing
+a kind's module brings in torch and pandas, which cost each worker seconds before its first file.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from unified_pipeline.datasets.decode_workers import image_pixels, open_image
+
+GRAY_MODES = ("1", "L")
+ROW_FIELD = "_row"  # a decoded tensor row a facts reader may return beside the facts
+_WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
+
+
+def read_image_facts(path: Path, size: tuple[int, int] | None = None, with_pixels: bool = False) -> dict:
+    """Fully decode one image (so truncated files fail here, not during training). `with_pixels`:
+    a colour image's tensor row comes along (ROW_FIELD): whatever the other images are, its lane
+    is stored as RGB at `size`, so the tensors step need not decode it again."""
+    try:
+        with open_image(path) as im:
+            im.load()
+            facts = {"width": im.width, "height": im.height, "channels": len(im.getbands()),
+                     "mode": im.mode, "format": im.format}
+            if with_pixels and im.mode not in GRAY_MODES:  # a grey one's mode depends on the others
+                facts[ROW_FIELD] = image_pixels(im, "RGB", size)
+            return facts
+    except Exception as exc:  # PIL raises many types for broken files; all mean "not decodable"
+        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def image_facts(root: str, rels: list[str], size: tuple[int, int] | None = None,
+                with_pixels: bool = False) -> list[dict]:
+    return [read_image_facts(Path(root) / rel, size, with_pixels) for rel in rels]
+
+
+def read_clip_facts(path: Path) -> dict:
+    """Decode the whole clip: header facts, peak level, and why it is unusable if it is."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile reports every unreadable file as an exception
+        return {"decodable": False, "error": f"{type(exc).__name__}: {exc}"}
+    facts = {
+        "sample_rate": int(info.samplerate), "channels": int(info.channels), "frames": int(data.shape[0]),
+        "duration_s": data.shape[0] / info.samplerate if info.samplerate else 0.0, "format": info.format,
+        "peak": float(np.abs(data).max()) if data.size else 0.0,
+    }
+    # libsndfile silently reads what is there when a WAV's data chunk is cut short
+    short = _WAV_SHORT.search(info.extra_info or "")
+    if short and int(short.group(2)) < int(short.group(1)):
+        facts.update(decodable=False, error=f"truncated: header declares {short.group(1)} data bytes, file holds {short.group(2)}")
+    elif data.shape[0] == 0:
+        facts.update(decodable=False, error="no audio frames")
+    return facts
+
+
+def clip_facts(root: str, rels: list[str]) -> list[dict]:
+    return [read_clip_facts(Path(root) / rel) for rel in rels]
