@@ -40,3 +40,24 @@ def test_a_truncated_png_is_refused_with_pils_error(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     facts = read_image_facts(path)
     assert facts["decodable"] is False and "truncated" in facts["error"]
+
+
+def test_worker_processes_decode_what_one_process_does(tmp_path):
+    from unified_pipeline.datasets.decode_workers import decode_all, decode_images
+    from unified_pipeline.datasets.facts_readers import image_facts
+
+    rng = np.random.default_rng(1)
+    rels = []
+    for i in range(70):  # two tasks of 64 files
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / f"{i:03d}.png")
+        rels.append(f"{i:03d}.png")
+    (tmp_path / "bad.png").write_bytes(b"broken")
+    rels.insert(3, "bad.png")
+    pooled = list(decode_all(image_facts, tmp_path, rels, (None, True), workers=2, pool_from=1))
+    alone = list(decode_all(image_facts, tmp_path, rels, (None, True), workers=1))
+    assert len(pooled) == len(rels) and pooled[3]["decodable"] is False
+    for a, b in zip(pooled, alone):
+        assert a.keys() == b.keys() and np.array_equal(a.get("_row"), b.get("_row"))
+    del rels[3]
+    pixels = list(decode_all(decode_images, tmp_path, rels, ("RGB", None), workers=2, pool_from=1))
+    assert all(np.array_equal(x, load_image(tmp_path / rel, "RGB", None)) for (x, _), rel in zip(pixels, rels))
