@@ -110,7 +110,10 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
     cfg = preprocess_config(settings or {}, log, facts_cache=default_cache())
     manifest = get_kind(ref.kind).build_manifest(ref.root, samples, cfg)
     path = manifest_path(ref.name, version)
-    atomic.write_text(path, manifest.to_json(orient="records", lines=True, force_ascii=False))
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for start in range(0, len(manifest), MANIFEST_BLOCK):  # one block of JSON text in memory at a time
+            fh.write(manifest.iloc[start:start + MANIFEST_BLOCK].to_json(orient="records", lines=True,
+                                                                          force_ascii=False))
     return version, manifest, path
 
 

@@ -107,19 +107,6 @@ def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tupl
     return rels
 
 
-def base_row(root: Path, rel: str, sha256: str) -> dict:
-    return {
-        "sample_id": rel,
-        "path": rel,
-        "label": rel.split("/", 1)[0],
-        "sha256": sha256,
-        "size": os.path.getsize(os.path.join(root, rel)),
-        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
-        "decodable": True,
-        "error": None,
-    }
-
-
 def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: tuple[str, ...], unit: str,
                           read_facts: Callable[..., list[dict]], columns: list[str], cfg: Any,
                           int_columns: tuple[str, ...] = (), float_columns: tuple[str, ...] = (),
@@ -129,13 +116,15 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     for `rows_under`."""
     root = Path(root)
     rels = scan_class_folders(root, file_hashes, extensions, unit)
-    rows = []
-    for rel, facts in zip(rels, file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)):
-        row = base_row(root, rel, file_hashes[rel])
-        row.update({c: None for c in columns if c not in row})
-        row.update(facts)
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=columns)
+    facts = file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)
+    base = {  # column by column: a dict per row cost 1 KB each at 180,000 files
+        "sample_id": rels, "path": rels, "label": [rel.split("/", 1)[0] for rel in rels],
+        "sha256": [file_hashes[rel] for rel in rels],
+        "size": [os.path.getsize(os.path.join(root, rel)) for rel in rels],
+        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
+        "decodable": [f.get("decodable", True) for f in facts], "error": [f.get("error") for f in facts],
+    }
+    df = pd.DataFrame({c: base[c] if c in base else [f.get(c) for f in facts] for c in columns}, columns=columns)
     for col in int_columns:
         df[col] = df[col].astype("Int64")
     for col in float_columns:
