@@ -3,7 +3,7 @@ build in-process, and where the difference goes.
 
 One lane of STEP_COST_IMAGES (default 2,000) 96x96 RGB PNGs in class folders. In-process:
 `build_manifest` and `build_tensors` each in a fresh process (bench.scale's steps: the clock
-starts after the imports). Dagster: the `data_lane` job through `dagster job execute`, the
+starts after the imports). Dagster: the `data_lane` job through `dagster job execute` (as `make run` does), the
 project's multiprocess executor (forkserver) and a fresh instance; each step's phases come from
 the run's event log. Three states of the tensors step: empty caches, the per-file cache warm (the
 tensors folder removed), and the tensors folder reused.
@@ -51,10 +51,17 @@ def step_phases(dagster_home: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def dagster_command() -> list[str]:
+    """The `dagster` console script beside this interpreter, as `make run` calls it (its spawned
+    processes once ran the script again), else `python -m dagster`."""
+    script = Path(sys.executable).with_name("dagster")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "dagster"]
+
+
 def _dagster_run(env: dict) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "dagster", "job", "execute", "-m", "unified_pipeline.definitions",
-                          "-j", "data_lane"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = subprocess.run([*dagster_command(), "job", "execute", "-m", "unified_pipeline.definitions", "-j", "data_lane"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"data_lane run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -112,7 +119,8 @@ def run() -> list[dict]:
 
 
 def _notes(load_before: tuple) -> str:
-    return (f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB PNGs. in_process_s: build_tensors in a fresh process, imports excluded. "
+    return (f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB PNGs; Dagster run as `{' '.join(Path(p).name for p in dagster_command())} job "
+            f"execute -j data_lane`. in_process_s: build_tensors in a fresh process, imports excluded. "
             "dagster_step_s: the tensors step from STEP_WORKER_STARTING to STEP_SUCCESS; dagster_compute_s: from its "
             "input loaded to its output (build_tensors and the metadata); step_overhead_s the rest: worker_start_s "
             "(fork from the executor's forkserver, open the instance, load the job) and setup, input and output "
