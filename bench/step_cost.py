@@ -3,10 +3,11 @@ build in-process, and where the difference goes.
 
 One lane of STEP_COST_IMAGES (default 2,000) 96x96 RGB PNGs in class folders. In-process:
 `build_manifest` and `build_tensors` each in a fresh process (bench.scale's steps: the clock
-starts after the imports). Dagster: the `data_lane` job through `dagster job execute` (as `make run` does), the
-project's multiprocess executor (forkserver) and a fresh instance; each step's phases come from
-the run's event log. Three states of the tensors step: empty caches, the per-file cache warm (the
-tensors folder removed), and the tensors folder reused.
+starts after the imports). Dagster: the `data_lane` job through `dagster job execute` (as `make
+run` does), the project's multiprocess executor (forkserver) and a fresh instance; each step's
+phases come from the run's event log. Three states: the lane's first build (the manifest decodes
+each image once and caches its pixels for the tensors), nothing changed (the tensors folder is
+reused), and one image changed.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, save
-from bench.scale import _step
+from bench.scale import _change_one, _step
 
 IMAGE_SIZE = 96
 TIMEOUT_S = 600
-STATES = ("empty caches", "per-file cache warm", "tensors reused")
+STATES = ("first build", "nothing changed", "one image changed")
 
 
 def step_phases(dagster_home: Path) -> dict[str, dict[str, float]]:
@@ -68,27 +69,20 @@ def _dagster_run(env: dict) -> tuple[float, dict]:
     return wall, step_phases(Path(env["DAGSTER_HOME"]))
 
 
-def _in_process(root: Path, home: Path) -> tuple[float, list[float]]:
+def _in_process(root: Path, home: Path) -> tuple[float, float]:
+    """(manifest, tensors) seconds of one build, each in a fresh process."""
     env = {"UNIFIED_HOME": str(home)}
     man = _step("manifest", env, str(root), "vision")
-    args = ("tensors", env, str(root), "vision", man["manifest"], man["version"])
-    cold = _step(*args)["seconds"]
-    shutil.rmtree(home / "tensors")
-    cached = _step(*args)["seconds"]
-    return man["seconds"], [cold, cached, _step(*args)["seconds"]]
+    return man["seconds"], _step("tensors", env, str(root), "vision", man["manifest"], man["version"])["seconds"]
 
 
-def _dagster(raw: Path, tmp: Path) -> list[tuple[float, dict]]:
-    home, dagster_home = tmp / "home_dagster", tmp / "dagster_home"
+def _dagster_env(raw: Path, tmp: Path) -> dict:
+    dagster_home = tmp / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "UNIFIED_DATA": str(raw), "UNIFIED_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "UNIFIED_PROGRESS_BAR": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cold = _dagster_run(env)
-    reused = _dagster_run(env)  # everything cached: shows the fixed cost of a run and of a step
-    shutil.rmtree(home / "tensors")
-    cached = _dagster_run(env)
-    return [cold, cached, reused]
+    return {**os.environ, "UNIFIED_DATA": str(raw), "UNIFIED_HOME": str(tmp / "home_dagster"),
+            "DAGSTER_HOME": str(dagster_home), "UNIFIED_PROGRESS_BAR": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def run() -> list[dict]:
@@ -98,21 +92,26 @@ def run() -> list[dict]:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-step-cost-") as tmp_name:
         tmp = Path(tmp_name)
-        n = image_lane(tmp / "raw" / "images", 1, size=IMAGE_SIZE, count=count)
-        manifest_s, in_process = _in_process(tmp / "raw" / "images", tmp / "home_in_process")
-        runs = _dagster(tmp / "raw", tmp)
+        root = tmp / "raw" / "images"
+        n = image_lane(root, 1, size=IMAGE_SIZE, count=count)
+        env = _dagster_env(tmp / "raw", tmp)
+        plain = [_in_process(root, tmp / "home_in_process")]
+        plain.append(_in_process(root, tmp / "home_in_process"))  # the tensors folder is reused
+        runs = [_dagster_run(env), _dagster_run(env)]
+        _change_one(sorted(root.rglob("*.png"))[n // 2])
+        plain.append(_in_process(root, tmp / "home_in_process"))
+        runs.append(_dagster_run(env))
     rows = []
-    for state, plain, (wall, steps) in zip(STATES, in_process, runs):
+    for state, (manifest_s, tensors_s), (wall, steps) in zip(STATES, plain, runs):
         t, m = steps["tensors"], steps["manifest"]
         rows.append({
-            "state": state, "files": n, "in_process_s": plain, "dagster_step_s": t["total"],
+            "state": state, "files": n, "in_process_s": tensors_s, "dagster_step_s": t["total"],
             "dagster_compute_s": t["compute"], "step_overhead_s": t["total"] - t["compute"],
             "worker_start_s": t["worker_start"], "setup_input_output_s": t["setup"] + t["input"] + t["output"],
             "run_wall_s": wall, "first_step_worker_start_s": m["worker_start"],
-            "manifest_in_process_s": manifest_s if state == STATES[0] else None,
-            "manifest_compute_s": m["compute"],
+            "manifest_in_process_s": manifest_s, "manifest_compute_s": m["compute"],
         })
-        print(f"{state}: in-process {plain:.2f}s, Dagster step {t['total']:.2f}s ({t['compute']:.2f}s in the asset)",
+        print(f"{state}: in-process {tensors_s:.2f}s, Dagster step {t['total']:.2f}s ({t['compute']:.2f}s in the asset)",
               flush=True)
     save("step_cost", rows, _notes(load_before))
     return rows
@@ -127,7 +126,7 @@ def _notes(load_before: tuple) -> str:
             "handling. run_wall_s: the whole `dagster job execute` (CLI start, instance, code load, both steps); "
             "first_step_worker_start_s: the manifest step's worker start, which includes the forkserver importing "
             "torch, Great Expectations and the definitions once per run. manifest_compute_s includes the Great "
-            "Expectations suite. Load average before "
+            "Expectations suite (in-process: the manifest without it). Load average before "
             f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
 
 
