@@ -14,6 +14,7 @@ SECTIONS = {
     "controller": "bench.controller",
     "cost": "bench.cost",
     "scale": "bench.scale",
+    "step_cost": "bench.step_cost",
 }
 
 

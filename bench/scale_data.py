@@ -1,6 +1,6 @@
 """Scaled-up image and audio lanes for the `scale` benchmark, made from the sample generators.
 
-Images: the 1,797 digit scans, each copy enlarged to 32x32 RGB with a random rotation, shift,
+Images: the 1,797 digit scans, each copy enlarged to 32x32 RGB (or another size) with a random rotation, shift,
 foreground/background colour and pixel noise. Audio: the spoken digits, each copy at 8 kHz,
 one second, with a random gain, time shift, speed change and noise. `factor` copies of the
 sample set; copy 0 of an image is the plain enlarged scan. Written on every core.
@@ -18,7 +18,7 @@ AUDIO_RATE = 8000
 
 
 def _image_task(args: tuple) -> int:
-    dest, start, stop = args
+    dest, start, stop, size = args
     from PIL import Image, ImageOps
 
     from unified_pipeline.datasets.samples.digit_images import digit_images
@@ -28,7 +28,7 @@ def _image_task(args: tuple) -> int:
     for k in range(start, stop):
         rng = np.random.default_rng(k)
         img, label = images[k % n], labels[k % n]
-        im = Image.fromarray(img).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        im = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)
         if k >= n:
             im = im.rotate(float(rng.uniform(-15, 15)), translate=tuple(int(v) for v in rng.integers(-3, 4, 2)))
         fg, bg = rng.integers(128, 256, 3), rng.integers(0, 96, 3)
@@ -69,13 +69,13 @@ def _parallel(task, jobs: list[tuple]) -> int:
         return sum(pool.map(task, jobs))
 
 
-def image_lane(dest: Path, factor: int) -> int:
-    """factor x 1,797 images under dest/<digit>/; returns how many."""
+def image_lane(dest: Path, factor: int, size: int = IMAGE_SIZE, count: int | None = None) -> int:
+    """factor x 1,797 images (or `count` of them) of size x size under dest/<digit>/; returns how many."""
     from unified_pipeline.datasets.samples.digit_images import digit_images
 
-    total = len(digit_images()[0]) * factor
-    step = 2000
-    return _parallel(_image_task, [(str(dest), i, min(i + step, total)) for i in range(0, total, step)])
+    total = count if count is not None else len(digit_images()[0]) * factor
+    step = 2000 if total > 4000 else 500  # small lanes still spread over every core
+    return _parallel(_image_task, [(str(dest), i, min(i + step, total), size) for i in range(0, total, step)])
 
 
 def audio_lane(dest: Path, factor: int, scratch: Path) -> int:

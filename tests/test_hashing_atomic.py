@@ -50,6 +50,18 @@ def test_cache_hits_skip_reading_unchanged_files(tmp_path, monkeypatch):
     assert v1 == v2 and calls == []
 
 
+def test_new_hashes_are_stored_in_one_transaction(tmp_path):
+    make_dataset(tmp_path / "d", {f"c/{i}.bin": bytes([i]) for i in range(20)})
+    cache = HashCache(tmp_path / "cache.sqlite")
+    statements = []
+    cache._db().set_trace_callback(statements.append)
+    dataset_version(tmp_path / "d", cache)
+    writes = [s.split()[0] for s in statements if not s.startswith("SELECT")]
+    # in autocommit each INSERT would commit on its own (a disk sync per file)
+    assert writes == ["BEGIN", *["INSERT"] * 20, "COMMIT"], writes
+    assert dataset_version(tmp_path / "d", HashCache(tmp_path / "cache.sqlite"))[0] == dataset_version(tmp_path / "d")[0]
+
+
 def test_cache_rehashes_a_file_whose_mtime_changed(tmp_path):
     make_dataset(tmp_path / "d", {"c/1.bin": b"aaaa"})
     cache = HashCache(tmp_path / "cache.sqlite")

@@ -61,3 +61,26 @@ def test_worker_processes_decode_what_one_process_does(tmp_path):
     del rels[3]
     pixels = list(decode_all(decode_images, tmp_path, rels, ("RGB", None), workers=2, pool_from=1))
     assert all(np.array_equal(x, load_image(tmp_path / rel, "RGB", None)) for (x, _), rel in zip(pixels, rels))
+
+
+def test_decode_workers_do_not_run_the_parents_main_script(tmp_path, monkeypatch):
+    """Under a console script (`dagster job execute`) spawn would run the script again in each worker."""
+    import sys
+    import types
+
+    from unified_pipeline.datasets import decode_workers
+
+    marker = tmp_path / "main_ran"
+    script = tmp_path / "console_script.py"
+    script.write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)  # what a console script's __main__ looks like: a file, no module spec
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    for i in range(3):
+        Image.fromarray(RGB).save(tmp_path / f"{i}.png")
+    rels = [f"{i}.png" for i in range(3)] * 50  # several tasks, so both workers start
+    out = list(decode_workers.decode_all(decode_workers.decode_images, tmp_path, rels, ("RGB", None), workers=2,
+                                           pool_from=1))
+    assert len(out) == len(rels) and np.array_equal(out[-1][0], RGB.transpose(2, 0, 1))
+    assert not marker.exists()
+    assert sys.modules["__main__"] is main  # given back once the workers started

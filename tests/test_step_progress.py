@@ -1,6 +1,7 @@
 """Progress of long non-training steps: log cadence, quiet short steps, bars only on a terminal."""
 import io
 import logging
+import shutil
 
 import pytest
 
@@ -144,3 +145,27 @@ def test_decoding_loops_report_to_the_step_log(tmp_path, monkeypatch):
         data_assets.build_tensors(ref, path, version, {}, log=log)
     assert [d.split()[0] for d, _ in seen] == ["reading", "decoding", "reading", "decoding"]
     assert all(lg is log for _, lg in seen)
+
+
+def test_reading_and_decoding_lines_end_finished_not_one_short(tmp_path, monkeypatch):
+    """The loops take every file; the last line must say so (a zip or a loop that stops asking
+    once it has what it needs left the tracker one file short: 'stopped at 11/12')."""
+    import itertools
+
+    import tiny_data
+    from unified_pipeline.assets import data_assets
+    from unified_pipeline.datasets import DatasetRef
+
+    ticks = itertools.count(0.0, 1.0)  # every clock reading a second later: long enough to log
+    monkeypatch.setattr(step_progress, "_clock", lambda: next(ticks))
+    monkeypatch.setenv("UNIFIED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")
+    root = tiny_data.vision(tmp_path / "raw")
+    ref = DatasetRef(root.name, "vision", root)
+    lines = []
+    version, _, path = data_assets.build_manifest(ref, {}, log=lines.append)
+    shutil.rmtree(tmp_path / "home" / "cache")  # so the tensors step decodes every file itself
+    data_assets.build_tensors(ref, path, version, {}, log=lines.append)
+    last = [line for line in lines if " finished " in line or " stopped at " in line]
+    assert [line.split(":")[0].split()[0] for line in last if not line.startswith("hashing")] == ["reading", "decoding"]
+    assert all(" finished " in line for line in last), last

@@ -89,7 +89,11 @@ class HashCache:
         if db is not None and fresh:
             with _lock:  # one transaction: autocommitted, each row paid its own fsync (4.5 s for 18,000 files)
                 db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+                try:
+                    db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
                 db.execute("COMMIT")
         return out
 

@@ -25,3 +25,12 @@ import torch  # noqa: E402,F401
 import unified_pipeline.definitions  # noqa: E402,F401
 import unified_pipeline.quality.runner  # noqa: E402,F401
 import unified_pipeline.train_model  # noqa: E402,F401
+
+try:  # the manifest's preview table (pandas' to_markdown); optional
+    import tabulate  # noqa: E402,F401
+except ImportError:
+    pass
+
+from unified_pipeline.dagster_home import preload_instance_modules  # noqa: E402
+
+preload_instance_modules()

@@ -154,7 +154,9 @@ def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str], read_fa
     todo = [i for i, key in enumerate(keys) if key not in known]
     read = decode_all(read_facts, root, [rels[i] for i in todo], extra)
     fresh, decoded = [], []
-    for i, facts in zip(todo, track(read, f"reading {root.name}", total=len(todo), log=cfg.log, unit=unit)):
+    # strict: asks the tracked reader once more at the end, so its last file counts ("finished", not "stopped at")
+    for i, facts in zip(todo, track(read, f"reading {root.name}", total=len(todo), log=cfg.log, unit=unit),
+                        strict=True):
         row = facts.pop(ROW_FIELD, None)
         if row is not None and rows_under:
             decoded.append((entry_key(file_hashes[rels[i]], rows_under), row, 0))

@@ -159,6 +159,9 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
         for k in want:
             if last_use[k] == p:
                 fresh.pop(k, None)
+    # Every miss was taken above; asking once more shuts the worker pool down now (not when the
+    # generator is collected) and lets the progress line count the last file ("finished").
+    next(decoded, None)
 
 
 CONTENT_CUTS_FROM = 64  # rows per shard below which shards are cut by count alone

@@ -10,8 +10,10 @@ so starting them costs little.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
+import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -148,9 +150,33 @@ def decode_all(fn: Callable, root: Path, rels: list[str], extra: tuple, workers:
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
         pending: deque = deque()
         todo = iter(tasks)
+        with _workers_skip_main_script():  # the pool starts one worker per submit until it has n
+            for task in itertools.islice(todo, n):
+                pending.append(pool.submit(_run, task))
         for task in todo:  # a bounded window of tasks in flight: results never pile up in memory
             pending.append(pool.submit(_run, task))
             if len(pending) >= IN_FLIGHT_PER_WORKER * n:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+@contextlib.contextmanager
+def _workers_skip_main_script() -> Iterator[None]:
+    """Workers started in the block do not run the parent's main script again.
+
+    spawn re-runs a `__main__` loaded from a file in every worker, so functions defined there
+    unpickle; the tasks here are functions of this package, so that is pure cost. Under the
+    `dagster` console script (`dagster job execute`, `dagster asset materialize`) it imported
+    Dagster's CLI in every worker: 1.9 s each, twice per image lane, on two cores. A main run as
+    a module (`python -m ...`) is imported by name, cheaply, and left as it is.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(getattr(main, "__spec__", None), "name", None) or not getattr(main, "__file__", None):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__: spawn leaves the worker's main alone
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
