@@ -131,7 +131,8 @@ def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: 
             if hasattr(kind, "write_tensors"):  # shard by shard, from the per-file cache, in bounded memory
                 from unified_pipeline.datasets.class_shards import earlier_folders
 
-                meta = kind.write_tensors(ref.root, read_manifest(manifest_file, getattr(kind, "tensor_columns", None)), cfg, tmp,
+                manifest = read_manifest(manifest_file, getattr(kind, "tensor_columns", None))
+                meta = kind.write_tensors(ref.root, manifest, cfg, tmp,
                                           reuse_from=earlier_folders(out))
                 _set_lane_facts(meta, ref, version)
                 atomic.write_json(tmp / META_FILE, meta)

@@ -15,7 +15,7 @@ import pandas as pd
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
 from unified_pipeline.datasets.class_folders import (
-    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable, sample_path,
+    class_folder_manifest, data_version, detect_class_folders, refuse_undecodable,
 )
 from unified_pipeline.datasets.decode_workers import LOG_OFFSET, decode_clips
 from unified_pipeline.datasets.facts_readers import clip_facts

@@ -12,7 +12,6 @@ split, so they never require the whole split in memory.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -33,7 +32,6 @@ from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
-from unified_pipeline.errors import DatasetError
 from unified_pipeline.step_progress import track
 
 
