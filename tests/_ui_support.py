@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 PROJECT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("UI_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -144,6 +145,17 @@ class DagsterDev:
             pass
         self.proc.wait(timeout=30)
         self._log.close()
+
+
+@contextmanager
+def running_ui(env: dict[str, str], tmp_path: Path, timeout: float = 180) -> Iterator[DagsterDev]:
+    """`dagster dev` started, loaded within `timeout` seconds, and killed afterwards."""
+    server = DagsterDev(env, tmp_path / "dagster_dev.log")
+    try:
+        server.wait_loaded(timeout)
+        yield server
+    finally:
+        server.stop()
 
 
 def dagster_env(raw: Path, home: Path, dagster_home: Path) -> dict[str, str]:

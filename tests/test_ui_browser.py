@@ -8,7 +8,7 @@ import time
 import pytest
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
+from _ui_support import dagster_env, graphql, require_browser, running_ui, ui_page
 
 LOAD_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 90
@@ -42,12 +42,8 @@ def dagster_dev(browser_ready, tmp_path):
     tiny_data.text(raw)
     tiny_data.vision(raw)
     env = dagster_env(raw, tmp_path / "home", tmp_path / "dagster_home")
-    server = DagsterDev(env, tmp_path / "dagster_dev.log")
-    try:
-        server.wait_loaded(LOAD_TIMEOUT_S)
+    with running_ui(env, tmp_path, LOAD_TIMEOUT_S) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def dismiss_onboarding(page) -> None:

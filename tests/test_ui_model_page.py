@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, require_browser, ui_page
+from _ui_support import dagster_env, require_browser, running_ui, ui_page
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -43,12 +43,8 @@ def reused_model(tmp_path, monkeypatch):
             event = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey([MODEL])][0]
             statuses.append(event.event_specific_data.materialization.metadata["status"].value)
     assert statuses == ["trained", "up to date (reused)"]
-    server = DagsterDev(env, tmp_path / "dagster_dev.log")
-    try:
-        server.wait_loaded(180)
+    with running_ui(env, tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_reused_model_page_shows_plots_and_numeric_metrics(reused_model, tmp_path):

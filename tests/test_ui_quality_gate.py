@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
+from _ui_support import dagster_env, graphql, require_browser, running_ui, ui_page
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
 UI_TIMEOUT_MS = 30_000
@@ -41,12 +41,8 @@ def failed_lane(tmp_path, monkeypatch):
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         result = materialize(assets, selection=wanted, instance=instance, resources={"io_manager": JsonIOManager()},
                              raise_on_error=False)
-    server = DagsterDev(env, tmp_path / "dagster_dev.log")
-    try:
-        server.wait_loaded(180)
+    with running_ui(env, tmp_path) as server:
         yield server, result.run_id
-    finally:
-        server.stop()
 
 
 def test_failed_check_on_the_manifest_and_tensors_not_run(failed_lane, tmp_path):

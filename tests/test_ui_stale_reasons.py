@@ -9,7 +9,7 @@ import pytest
 from dagster import AssetKey, AssetObservation, AssetSelection, DagsterInstance, materialize
 
 import tiny_data
-from _ui_support import DagsterDev, dagster_env, graphql, require_browser, ui_page
+from _ui_support import dagster_env, graphql, require_browser, running_ui, ui_page
 from unified_pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # backstop only; every wait below has its own bound
@@ -60,12 +60,8 @@ def changed_model(tmp_path, monkeypatch):
     (tmp_path / "preset.json").write_text(json.dumps(preset))
     env["UNIFIED_PRESET"] = str(tmp_path / "preset.json")
     monkeypatch.setenv("UNIFIED_PRESET", env["UNIFIED_PRESET"])
-    server = DagsterDev(env, tmp_path / "dagster_dev.log")
-    try:
-        server.wait_loaded(180)
+    with running_ui(env, tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_ui_and_status_name_the_inputs_that_changed(changed_model, tmp_path, capsys):
