@@ -43,17 +43,13 @@ def _step(name: str, env: dict, *args: str) -> dict:
 # ---- steps (each in a fresh process) ---------------------------------------------------------
 
 def _imports(kind: str) -> None:
-    """What a Dagster step's process has done before the step starts, done before the clock starts:
-    importing torch and the kind's module, and the lane's code version (computed when the code
-    location loads its definitions)."""
+    """What a Dagster step's process has imported before the step starts (torch, the kind's
+    module), imported before the clock starts."""
     import importlib
 
     import unified_pipeline.datasets.class_shards  # noqa: F401 (torch)
-    from unified_pipeline.assets.data_assets import KIND_MODULES
-    from unified_pipeline.code_version import code_version
 
     importlib.import_module(f"unified_pipeline.datasets.{kind}")
-    code_version(KIND_MODULES[kind])
 
 
 def step_manifest(root: str, kind: str) -> dict:
@@ -208,8 +204,8 @@ def _notes(load_before: tuple) -> str:
             f"seconds of the stage. The manifest step hashes every file and decodes each new one on every "
             f"core (a colour image's tensor row is cached then, so the tensors step decodes only grey "
             f"images and audio); the tensors step reads the manifest, takes rows from the cache (decoding "
-            f"misses) and writes shards. Imports and code versions, which a Dagster step's process has "
-            f"done before its step starts, are outside the timings. Peak RSS in MB of the step's process; "
+            f"misses) and writes shards. Imports, which a Dagster step's process has done before its "
+            f"step starts, are outside the timings. Peak RSS in MB of the step's process; "
             f"worker processes apart (ru_maxrss of children; spawned, so their own). Load average before "
             f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
 

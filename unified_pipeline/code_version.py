@@ -45,8 +45,15 @@ def _module_name(path: Path, package_dir: Path, package: str) -> str:
     return ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
-def _imported(path: Path, package_dir: Path, package: str) -> set[str]:
-    """Module names this file imports (absolute or relative), including `from pkg import submodule`."""
+def _imported(path: Path, package_dir: Path, package: str) -> frozenset[str]:
+    """Module names this file imports (absolute or relative), including `from pkg import submodule`;
+    parsed once per version of the file, whichever code versions it takes part in."""
+    st = path.stat()
+    return _parsed_imports(path, st.st_mtime_ns, st.st_size, package_dir, package)
+
+
+@lru_cache(maxsize=None)
+def _parsed_imports(path: Path, _mtime_ns: int, _size: int, package_dir: Path, package: str) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     here = _module_name(path, package_dir, package)
     is_package = path.name == "__init__.py"
@@ -63,7 +70,7 @@ def _imported(path: Path, package_dir: Path, package: str) -> set[str]:
             for alias in node.names:  # `from pkg import mod` needs mod (pkg only runs first); else pkg itself
                 sub = f"{source}.{alias.name}"
                 names.add(sub if _file_of(sub, package_dir, package) else source)
-    return names
+    return frozenset(names)
 
 
 def import_closure(modules: tuple[str, ...], package_dir: Path = PACKAGE_DIR, package: str = PACKAGE) -> list[Path]:
