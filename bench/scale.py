@@ -43,13 +43,17 @@ def _step(name: str, env: dict, *args: str) -> dict:
 # ---- steps (each in a fresh process) ---------------------------------------------------------
 
 def _imports(kind: str) -> None:
-    """What a Dagster step's process has imported before the step starts (torch, the kind's
-    module), imported before the clock starts."""
+    """What a Dagster step's process has done before the step starts, done before the clock
+    starts: torch and the kind's module imported, and the lane's code version computed (loading
+    the definitions computes it, which parses each file of its closure once)."""
     import importlib
 
     import unified_pipeline.datasets.class_shards  # noqa: F401 (torch)
+    from unified_pipeline.code_version import code_version
+    from unified_pipeline.datasets import KIND_MODULES
 
     importlib.import_module(f"unified_pipeline.datasets.{kind}")
+    code_version(KIND_MODULES[kind], f"unified_pipeline.quality.{kind}")  # as data_assets.lane_assets does
 
 
 def step_manifest(root: str, kind: str) -> dict:

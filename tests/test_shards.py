@@ -17,7 +17,7 @@ from unified_pipeline.datasets.preprocess_cache import PreprocessCache
 from unified_pipeline.datasets.shards import MappedRows
 from unified_pipeline.datasets.vision import KIND as VISION
 from unified_pipeline.datasets.splits import split_of
-from unified_pipeline.hashing import dataset_version, sha256_file
+from unified_pipeline.hashing import dataset_version, known_hashes, sha256_file
 from unified_pipeline.training.checkpoints import list_checkpoints
 from unified_pipeline.training.trainer import TrainingInterrupted
 
@@ -268,3 +268,27 @@ def test_a_new_manifest_reads_only_new_or_changed_files(tmp_path, monkeypatch):
     assert not second.set_index("path").loc["a/001.png", "decodable"]
     same = ["width", "height", "mode", "decodable"]
     assert second.drop(index=[1, 7])[same].equals(first.drop(index=[1, 7])[same])
+
+
+def test_the_manifest_step_hashes_new_files_in_the_readers_same_version_as_hashing_first(home, monkeypatch):
+    from unified_pipeline.assets.data_assets import build_manifest, hash_cache
+    from unified_pipeline.datasets import DatasetRef
+    from unified_pipeline.datasets import facts_readers
+
+    root = _images(home.parent / "raw" / "ds", per_class=4)
+    (root / "dataset.json").write_text('{"seed": 0}')
+    hashed = []
+    real = facts_readers.sha256_file
+    monkeypatch.setattr(facts_readers, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")  # in-process, so the spy sees the reader's hashing
+    ref = DatasetRef("ds", "vision", root)
+    version, manifest, _path = build_manifest(ref)
+    assert (version, dict(zip(manifest["path"], manifest["sha256"]))) == (
+        dataset_version(root)[0], {k: v for k, v in dataset_version(root)[1].items() if k != "dataset.json"})
+    assert len(hashed) == 8 and list(manifest["size"]) == [(root / p).stat().st_size for p in manifest["path"]]
+    known, _sizes = known_hashes(root, hash_cache())
+    assert None not in known.values()  # the readers' hashes went to the hash cache
+    hashed.clear()
+    Image.fromarray(np.full((8, 8, 3), 5, dtype=np.uint8)).save(root / "b" / "001.png")
+    version2, manifest2, _ = build_manifest(ref)
+    assert hashed == ["001.png"] and version2 == dataset_version(root)[0] != version

@@ -6,6 +6,7 @@ the reason (naming the folder or the offending file), so the problem shows up in
 
 import itertools
 import json
+import os
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -34,7 +35,7 @@ from unified_pipeline.datasets import (
 )
 from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.errors import DatasetError
-from unified_pipeline.hashing import HashCache, combine, dataset_version
+from unified_pipeline.hashing import HashCache, combine, dataset_version, files_version, known_hashes
 from unified_pipeline.paths import unified_home
 from unified_pipeline.assets.quality_gate import stop_lane
 
@@ -59,7 +60,7 @@ def hash_cache() -> HashCache:
 
 
 def preprocess_config(settings: dict[str, Any], log: Any = None, facts_cache: Any = None) -> PreprocessConfig:
-    known = {f.name for f in fields(PreprocessConfig)} - {"log", "facts_cache"}
+    known = {f.name for f in fields(PreprocessConfig)} - {"log", "facts_cache", "file_sizes"}
     cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known}, log=log, facts_cache=facts_cache)
     cfg.extra.update({k: v for k, v in settings.items() if k not in known})
     return cfg
@@ -103,18 +104,40 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
 
     The manifest's `split` column follows the same seed and fractions as the tensors.
     """
-    version, file_hashes = dataset_version(ref.root, hash_cache(), log=log)
-    samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
     from unified_pipeline.datasets.preprocess_cache import default_cache
 
+    kind = get_kind(ref.kind)
     cfg = preprocess_config(settings or {}, log, facts_cache=default_cache())
-    manifest = get_kind(ref.kind).build_manifest(ref.root, samples, cfg)
+    if getattr(kind, "hashes_while_reading", False):
+        version, manifest = _manifest_hashing_new_files(ref, kind, cfg)
+    else:
+        version, file_hashes = dataset_version(ref.root, hash_cache(), log=log)
+        samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
+        manifest = kind.build_manifest(ref.root, samples, cfg)
     path = manifest_path(ref.name, version)
     with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for start in range(0, len(manifest), MANIFEST_BLOCK):  # one block of JSON text in memory at a time
             fh.write(manifest.iloc[start:start + MANIFEST_BLOCK].to_json(orient="records", lines=True,
                                                                           force_ascii=False))
     return version, manifest, path
+
+
+def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfig) -> tuple[str, Any]:
+    """The kind's manifest, for a kind that hashes the files it reads (class folders): a file the
+    hash cache does not know is hashed by the worker that decodes it, on every core, instead of
+    by this process alone first. Same version and hashes as dataset_version."""
+    cache = hash_cache()
+    by_rel, stats = known_hashes(ref.root, cache)
+    if by_rel.get(SETTINGS_FILE, "") is None:
+        by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
+    samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
+    cfg.file_sizes = {rel: size for rel, (size, _mtime) in stats.items()}
+    manifest = kind.build_manifest(ref.root, samples, cfg)
+    base = os.path.abspath(ref.root)  # as the hash cache's paths are written
+    hashed = dict(zip(manifest["path"], manifest["sha256"]))
+    cache.remember([(os.path.join(base, rel), *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
+    by_rel.update(hashed)
+    return files_version(by_rel), manifest
 
 
 def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: dict[str, Any],

@@ -91,6 +91,8 @@ class AudioKind:
     # What write_tensors reads of a manifest (the tensors step reads no other column).
     tensor_columns = ("sample_id", "path", "label", "sha256", "decodable", "error")
 
+    hashes_while_reading = True  # build_manifest takes None for a file's unknown hash, and computes it
+
     def detect(self, root: Path) -> bool:
         return detect_class_folders(root, AUDIO_EXTENSIONS)
 

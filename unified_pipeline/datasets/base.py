@@ -41,6 +41,8 @@ class PreprocessConfig:
     log: Any = field(default=None, compare=False, repr=False)
     # Where per-file facts read for a manifest are remembered (a PreprocessCache; None: nowhere).
     facts_cache: Any = field(default=None, compare=False, repr=False)
+    # Each file's size by relative path, when the caller has already stat'ed them (else read again).
+    file_sizes: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

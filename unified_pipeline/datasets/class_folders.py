@@ -14,8 +14,9 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.decode_workers import decode_all
-from unified_pipeline.datasets.facts_readers import ROW_FIELD
+from unified_pipeline.datasets.facts_readers import ROW_FIELD, SHA_FIELD, read_files
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, entry_key
+from unified_pipeline.datasets.row_packs import PackedRow
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.paths import inside
@@ -113,14 +114,15 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
                           extra: tuple = (), rows_under: str | None = None) -> pd.DataFrame:
     """One row per file: the common columns, then what `read_facts(root, files, *extra)` reads from
     each file (None where it could not), typed, with the stratified split assigned. See file_facts
-    for `rows_under`."""
+    for `rows_under` and for hashes given as None."""
     root = Path(root)
     rels = scan_class_folders(root, file_hashes, extensions, unit)
-    facts = file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)
+    facts, hashes = file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)
+    sizes = getattr(cfg, "file_sizes", None) or {}
     base = {  # column by column: a dict per row cost 1 KB each at 180,000 files
         "sample_id": rels, "path": rels, "label": [rel.split("/", 1)[0] for rel in rels],
-        "sha256": [file_hashes[rel] for rel in rels],
-        "size": [os.path.getsize(os.path.join(root, rel)) for rel in rels],
+        "sha256": hashes,
+        "size": [sizes[rel] if rel in sizes else os.path.getsize(os.path.join(root, rel)) for rel in rels],
         "split": None,  # set for the whole manifest by assign_splits (stratified per class)
         "decodable": [f.get("decodable", True) for f in facts], "error": [f.get("error") for f in facts],
     }
@@ -134,41 +136,52 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     return df
 
 
-PUT_EVERY = 1024  # decoded rows held before they go to the cache
+PUT_EVERY = 1024  # facts and rows stored at once
 
 
-def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str], read_facts: Callable, cfg: Any,
-               unit: str, extra: tuple = (), rows_under: str | None = None) -> list[dict]:
+def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str | None], read_facts: Callable, cfg: Any,
+               unit: str, extra: tuple = (), rows_under: str | None = None) -> tuple[list[dict], list[str]]:
     """`read_facts` of every file, remembered by content hash in cfg.facts_cache: a new manifest
-    reads only the files that are new or changed, and reads them on every core.
+    reads only the files that are new or changed, and reads them on every core. Returns the facts
+    and the sha256 of each file: a hash given as None (not known yet) is computed by the worker
+    that reads the file.
 
     A reader that decodes a file whole anyway may also return the tensor row the tensors step will
     want (under ROW_FIELD); it is cached under `rows_under` (the tensors' settings digest), so
-    that file is decoded once, not once here and once again for the tensors."""
+    that file is decoded once, not once here and once again for the tensors. The worker that
+    decoded the rows writes them to a pack file itself; only their places come back."""
     cache = getattr(cfg, "facts_cache", None)
     cache = PreprocessCache(None) if cache is None else cache  # (an empty cache is falsy: it has a len)
     reader = hashing.combine(["facts", read_facts.__module__, read_facts.__qualname__,
                               code_version(read_facts.__module__), repr(extra)])
-    keys = [entry_key(file_hashes[rel], reader) for rel in rels]
-    known = cache.get_json(sorted(set(keys)))
+    hashes = [file_hashes[rel] for rel in rels]
+    keys = [entry_key(h, reader) if h is not None else None for h in hashes]
+    known = cache.get_json(sorted({key for key in keys if key is not None}))
     todo = [i for i, key in enumerate(keys) if key not in known]
-    read = decode_all(read_facts, root, [rels[i] for i in todo], extra)
-    fresh, decoded = [], []
+    packs = str(cache.pack_folder) if rows_under and cache.pack_folder else None
+    read = decode_all(read_files, root, [rels[i] for i in todo],
+                      (read_facts, packs, any(hashes[i] is None for i in todo), *extra))
+    fresh, placed, out = [], [], {}
     # strict: asks the tracked reader once more at the end, so its last file counts ("finished", not "stopped at")
     for i, facts in zip(todo, track(read, f"reading {root.name}", total=len(todo), log=cfg.log, unit=unit),
                         strict=True):
         row = facts.pop(ROW_FIELD, None)
-        if row is not None and rows_under:
-            decoded.append((entry_key(file_hashes[rels[i]], rows_under), row, 0))
-            if len(decoded) >= PUT_EVERY:
-                cache.put_many(decoded)
-                decoded = []
-        known[keys[i]] = facts
+        digest = facts.pop(SHA_FIELD, None)
+        if hashes[i] is None:
+            hashes[i] = digest
+            keys[i] = entry_key(digest, reader)
+        if isinstance(row, PackedRow):
+            placed.append((entry_key(hashes[i], rows_under), 0, row))
+        out[i] = facts
         fresh.append((keys[i], facts))
-    cache.put_many(decoded)
+        if len(fresh) >= PUT_EVERY:  # stored while the workers decode on, not all at the end
+            cache.add_packed(placed)
+            cache.put_json(fresh)
+            fresh, placed = [], []
+    cache.add_packed(placed)
     cache.put_json(fresh)
     cache.prune()
-    return [known[key] for key in keys]
+    return [out[i] if i in out else known[key] for i, key in enumerate(keys)], hashes
 
 
 def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:

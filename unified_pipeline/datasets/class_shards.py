@@ -16,6 +16,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -113,6 +115,9 @@ def write_class_index(out: Path, codec: Codec, report: BuildReport, decode: dict
                       for split, entries in report.index.items()})
 
 
+WRITERS = 2  # shards being written at once
+
+
 def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[str], labels: np.ndarray,
                    plan: list, out: Path, cache: PreprocessCache, report: BuildReport, cfg) -> None:
     needed = [i for _, _, rows, _ in plan for i in rows]
@@ -130,36 +135,61 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
     last_use = {keys[i]: p for p, (_, _, rows, _) in enumerate(plan) for i in rows}
     fresh: dict[str, tuple[np.ndarray, int]] = {}
     order = iter(misses)
-    for p, (split, n, rows, digest) in enumerate(plan):
-        want = {keys[i] for i in rows}
-        got = cache.get_many(sorted((want & have) - fresh.keys()))  # the misses are being decoded
-        new = []
-        missing = want - got.keys() - fresh.keys()
-        while missing:
-            i = next(order, None)
-            if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
-                lost = [j for j in rows if keys[j] in missing]
-                for j, value in zip(lost, codec.decode(str(root), [manifest["path"].iloc[j] for j in lost], *codec.extra)):
-                    fresh[keys[j]] = value
-                break
-            fresh[keys[i]] = next(decoded)
-            missing.discard(keys[i])
-            new.append((keys[i], *fresh[keys[i]]))
-        cache.put_many(new)
-        got.update(fresh)
-        x = np.stack([got[keys[i]][0] for i in rows])
-        tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(labels[rows].copy())}
-        if codec.aux_field:
-            tensors[codec.aux_field] = torch.tensor([got[keys[i]][1] for i in rows], dtype=torch.int64)
-        stats = {k: [float(v) for v in np.atleast_1d(s)] for k, s in codec.stats(x).items()}
-        write_shard(out, split, n, tensors, stats=stats, digest=digest)
-        report.shards_written += 1
-        for k in want:
-            if last_use[k] == p:
-                fresh.pop(k, None)
+    # A shard's statistics, file and sync run in threads while the next shard is put together
+    # (numpy, safetensors and fsync let go of the GIL); WRITERS shards in flight bound the memory.
+    with ThreadPoolExecutor(WRITERS) as writer:
+        writing: deque = deque()
+        for p, (split, n, rows, digest) in enumerate(plan):
+            positions: dict[str, list[int]] = {}
+            for j, i in enumerate(rows):
+                positions.setdefault(keys[i], []).append(j)
+            x = np.empty((len(rows), *codec.row_shape), dtype=codec.dtype)
+            aux = cache.read_into({k: v for k, v in positions.items() if k in have and k not in fresh}, x)
+            new = []
+            missing = positions.keys() - aux.keys() - fresh.keys()
+            while missing:
+                i = next(order, None)
+                if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
+                    lost = [keys[j] for j in rows if keys[j] in missing]
+                    lost = list(dict.fromkeys(lost))
+                    paths = [manifest["path"].iloc[rows[positions[k][0]]] for k in lost]
+                    for k, value in zip(lost, codec.decode(str(root), paths, *codec.extra)):
+                        fresh[k] = value
+                    break
+                fresh[keys[i]] = next(decoded)
+                missing.discard(keys[i])
+                new.append((keys[i], *fresh[keys[i]]))
+            cache.put_many(new)
+            for k in positions.keys() & fresh.keys():
+                row, aux[k] = fresh[k]
+                for j in positions[k]:
+                    x[j] = _checked(row, codec.row_shape, k)
+            tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(labels[rows].copy())}
+            if codec.aux_field:
+                tensors[codec.aux_field] = torch.tensor([aux[keys[i]] for i in rows], dtype=torch.int64)
+            if len(writing) >= WRITERS:
+                writing.popleft().result()
+            writing.append(writer.submit(_finish_shard, codec, out, split, n, tensors, digest))
+            report.shards_written += 1
+            for k in positions:
+                if last_use[k] == p:
+                    fresh.pop(k, None)
+        while writing:
+            writing.popleft().result()
     # Every miss was taken above; asking once more shuts the worker pool down now (not when the
     # generator is collected) and lets the progress line count the last file ("finished").
     next(decoded, None)
+
+
+def _finish_shard(codec: Codec, out: Path, split: str, n: int, tensors: dict, digest: str) -> None:
+    stats = {k: [float(v) for v in np.atleast_1d(s)] for k, s in codec.stats(tensors["x"].numpy()).items()}
+    write_shard(out, split, n, tensors, stats=stats, digest=digest)
+
+
+def _checked(row: np.ndarray, shape: tuple[int, ...], key: str) -> np.ndarray:
+    if row.shape != tuple(shape):  # assignment would broadcast a wrong shape silently
+        raise ValueError(f"decoded row {key} has shape {list(row.shape)}, expected {list(shape)}")
+    return row
 
 
 CONTENT_CUTS_FROM = 64  # rows per shard below which shards are cut by count alone

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from unified_pipeline.datasets.decode_workers import image_pixels, open_image
+from unified_pipeline.datasets.row_packs import write_pack
+from unified_pipeline.hashing import sha256_file
 
 GRAY_MODES = ("1", "L")
 ROW_FIELD = "_row"  # a decoded tensor row a facts reader may return beside the facts
+SHA_FIELD = "_sha256"  # the file's content hash, when the worker hashed it
 _WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
 
@@ -63,3 +66,23 @@ def read_clip_facts(path: Path) -> dict:
 
 def clip_facts(root: str, rels: list[str]) -> list[dict]:
     return [read_clip_facts(Path(root) / rel) for rel in rels]
+
+
+def read_files(root: str, rels: list[str], read_facts, packs: str | None, hash_them: bool, *extra) -> list[dict]:
+    """read_facts(root, rels, *extra), run in a worker: with each file's sha256 (SHA_FIELD) when
+    `hash_them`, so a new file is read on every core and hashed there, not first hashed in the
+    step's process alone; and with the tensor rows it returns written to one pack in `packs` by
+    the worker itself (each ROW_FIELD becomes the row's PackedRow), so they never cross a pipe."""
+    digests = [sha256_file(Path(root) / rel) for rel in rels] if hash_them else None
+    facts = read_facts(root, rels, *extra)
+    if digests is not None:
+        for f, digest in zip(facts, digests, strict=True):
+            f[SHA_FIELD] = digest
+    with_row = [f for f in facts if ROW_FIELD in f]
+    if packs is None:
+        for f in with_row:
+            del f[ROW_FIELD]
+        return facts
+    for f, placed in zip(with_row, write_pack(packs, [f[ROW_FIELD] for f in with_row]), strict=True):
+        f[ROW_FIELD] = placed
+    return facts

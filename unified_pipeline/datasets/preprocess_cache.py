@@ -2,8 +2,8 @@
 
 Adding or changing k files of a dataset then decodes those k files only; the rest come from
 here. One SQLite file under the run root (a transaction is atomic, so a crash mid-write leaves
-the previous entries intact), bounded in size: after a build, least recently used entries go
-until the total is within the bound.
+the previous entries intact), with batches of decoded rows in pack files beside it (row_packs),
+bounded in size: after a build, least recently used entries go until the total is within the bound.
 """
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from typing import Iterable
 import numpy as np
 
 from unified_pipeline import hashing
+from unified_pipeline.datasets.row_packs import PackedRow, read_rows, write_pack
 
 
 DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 << 30)))
 USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
+PACK_FROM = 64 << 10  # a batch of rows at least this big goes to a pack file, not into SQLite
+ORPHAN_AGE_S = 3600.0  # an unindexed pack file older than this was left by a build that stopped
 
 
 def settings_digest(kind: str, settings: dict, code: str) -> str:
@@ -34,12 +37,20 @@ def entry_key(content_sha256: str, settings_digest: str) -> str:
 
 
 class PreprocessCache:
-    """key -> (array, aux int). `path=None` keeps nothing (every lookup misses)."""
+    """key -> (array, aux int). `path=None` keeps nothing (every lookup misses).
+
+    Small values (facts) live in the SQLite file; a batch of rows of PACK_FROM bytes or more goes
+    to one pack file in the folder beside it (row_packs), and is pruned as a whole.
+    """
 
     def __init__(self, path: str | Path | None, max_bytes: int = DEFAULT_MAX_BYTES):
         self.path = Path(path) if path else None
         self.max_bytes = max_bytes
         self._conn: sqlite3.Connection | None = None
+
+    @property
+    def pack_folder(self) -> Path | None:
+        return self.path.with_suffix(".packs") if self.path else None
 
     def _db(self) -> sqlite3.Connection | None:
         if self.path is None:
@@ -54,9 +65,14 @@ class PreprocessCache:
             # A transaction stays all-or-nothing; a power cut may lose the last ones, which are re-decoded.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
-                         "aux INTEGER, data BLOB, nbytes INTEGER, used REAL)")
+                         "aux INTEGER, data BLOB, nbytes INTEGER, used REAL, pack TEXT, offset INTEGER)")
+            if "pack" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:  # a cache from before packs
+                conn.execute("ALTER TABLE entries ADD COLUMN pack TEXT")
+                conn.execute("ALTER TABLE entries ADD COLUMN offset INTEGER")
+            conn.execute("CREATE TABLE IF NOT EXISTS packs (name TEXT PRIMARY KEY, nbytes INTEGER, used REAL)")
             # Covering: the size total and the LRU order are read from the index, not from every blob.
             conn.execute("CREATE INDEX IF NOT EXISTS entries_used_size ON entries (used, nbytes)")
+            conn.execute("CREATE INDEX IF NOT EXISTS entries_pack_size ON entries (pack, nbytes)")
             self._conn = conn
         return self._conn
 
@@ -73,36 +89,108 @@ class PreprocessCache:
         return found
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[np.ndarray, int]]:
+        out, packed = self._lookup(keys)
+        for pack, rows in packed.items():
+            arrays = read_rows(self.pack_folder / pack, [place for _key, _aux, place in rows])
+            if arrays is not None:  # else pruned meanwhile by another build, or cut short: a miss
+                out.update((key, (a, aux)) for (key, aux, _), a in zip(rows, arrays))
+        return out
+
+    def read_into(self, positions: dict[str, list[int]], out: np.ndarray) -> dict[str, int]:
+        """Each key's row copied into out[i] for each i of its positions; returns the aux of every
+        key found. A packed row is read from its file straight into `out` (no array in between:
+        copying a shard's rows out of mapped packs cost more than writing the shard)."""
+        found, packed = self._lookup(list(positions))
+        aux_of = {}
+        for key, (row, aux) in found.items():
+            for i in positions[key]:
+                _put_row(out, i, row, key)
+            aux_of[key] = aux
+        for pack, rows in packed.items():
+            try:
+                fd = os.open(self.pack_folder / pack, os.O_RDONLY)
+            except FileNotFoundError:  # pruned meanwhile by another build: a miss
+                continue
+            try:
+                got = {}
+                for key, aux, (offset, dtype, shape, nbytes) in rows:
+                    first, *more = positions[key]
+                    if tuple(shape) != out.shape[1:] or np.dtype(dtype) != out.dtype:
+                        raise ValueError(f"cached row {key} is {dtype}{list(shape)}, expected {out.dtype}{list(out.shape[1:])}")
+                    if os.preadv(fd, [memoryview(out[first]).cast("B")], offset) != nbytes:
+                        break  # cut short by a crash: the whole pack counts as a miss
+                    for i in more:
+                        out[i] = out[first]
+                    got[key] = aux
+                else:
+                    aux_of.update(got)
+            finally:
+                os.close(fd)
+        return aux_of
+
+    def _lookup(self, keys: list[str]) -> tuple[dict[str, tuple[np.ndarray, int]], dict[str, list]]:
+        """(key -> (array, aux) of the rows stored in SQLite, pack -> [(key, aux, (offset, dtype,
+        shape, nbytes))] of those in packs), recording their use."""
         db = self._db()
         if db is None or not keys:
-            return {}
+            return {}, {}
         out: dict[str, tuple[np.ndarray, int]] = {}
         now = time.time()
-        stale = []
+        stale, packed, shapes = [], {}, {}
         for i in range(0, len(keys), 500):
             part = keys[i:i + 500]
-            rows = db.execute(f"SELECT key, dtype, shape, aux, data, used FROM entries WHERE key IN "
-                              f"({','.join('?' * len(part))})", part)
-            for key, dtype, shape, aux, data, used in rows:
-                shape_t = tuple(int(s) for s in shape.split(",") if s)
+            rows = db.execute(f"SELECT key, dtype, shape, aux, data, used, pack, offset, nbytes FROM entries "
+                              f"WHERE key IN ({','.join('?' * len(part))})", part)
+            for key, dtype, shape, aux, data, used, pack, offset, nbytes in rows:
+                shape_t = shapes.get(shape)
+                if shape_t is None:  # a lane's rows share a few shapes
+                    shape_t = shapes[shape] = tuple(int(s) for s in shape.split(",") if s)
+                if pack is not None:
+                    packed.setdefault(pack, []).append((key, aux, (offset, dtype, shape_t, nbytes)))
+                    continue
                 out[key] = (np.frombuffer(data, dtype=dtype).reshape(shape_t), aux)
                 if used < now - USE_RESOLUTION_S:
                     stale.append((now, key))
-        if stale:  # the LRU order needs no finer clock than this: a rebuild soon after rewrites nothing
+        if stale or packed:  # the LRU order needs no finer clock than this: a rebuild soon after rewrites nothing
             db.execute("BEGIN")
             db.executemany("UPDATE entries SET used = ? WHERE key = ?", stale)
+            db.executemany("UPDATE packs SET used = ? WHERE name = ? AND used < ?",
+                           [(now, pack, now - USE_RESOLUTION_S) for pack in packed])
             db.execute("COMMIT")
-        return out
+        return out, packed
 
     def put_many(self, items: Iterable[tuple[str, np.ndarray, int]]) -> None:
         db = self._db()
         if db is None:
             return
+        items = list(items)
+        if sum(a.nbytes for _k, a, _aux in items) >= PACK_FROM:
+            placed = write_pack(self.pack_folder, (a for _k, a, _aux in items))
+            self.add_packed((k, aux, r) for (k, _a, aux), r in zip(items, placed, strict=True))
+            return
         now = time.time()
         rows = [(k, a.dtype.str, ",".join(map(str, a.shape)), int(aux), np.ascontiguousarray(a).tobytes(),
                  int(a.nbytes), now) for k, a, aux in items]
         db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+
+    def add_packed(self, rows: Iterable[tuple[str, int, PackedRow]]) -> None:
+        """Index rows already written to packs of pack_folder (write_pack): (key, aux, place) per row."""
+        db = self._db()
+        rows = list(rows)
+        if db is None or not rows:
+            return
+        now = time.time()
+        sizes: dict[str, int] = {}
+        for _key, _aux, r in rows:
+            sizes[r.pack] = sizes.get(r.pack, 0) + r.nbytes
+        db.execute("BEGIN")  # one transaction for every pack: a commit each cost 2.5 ms
+        db.executemany("INSERT OR REPLACE INTO packs VALUES (?, ?, ?)", [(p, n, now) for p, n in sizes.items()])
+        db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                       [(key, r.dtype, ",".join(map(str, r.shape)), int(aux), r.nbytes, now, r.pack, r.offset)
+                        for key, aux, r in rows])
         db.execute("COMMIT")
 
     def get_json(self, keys: list[str]) -> dict[str, object]:
@@ -112,39 +200,81 @@ class PreprocessCache:
         return dict(zip(found, values))
 
     def put_json(self, items: Iterable[tuple[str, object]]) -> None:
-        self.put_many((k, np.frombuffer(json.dumps(v).encode(), dtype=np.uint8), 0) for k, v in items)
+        db = self._db()
+        if db is None:
+            return
+        now = time.time()
+        rows = []
+        for key, value in items:
+            data = json.dumps(value).encode()
+            rows.append((key, "|u1", str(len(data)), 0, data, len(data), now))
+        db.execute("BEGIN")  # kept in SQLite whatever the total: a fact is read alone, by key
+        db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
 
     def total_bytes(self) -> int:
         db = self._db()
-        return int(db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM entries").fetchone()[0]) if db else 0
+        if db is None:
+            return 0
+        inline = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM entries WHERE pack IS NULL").fetchone()[0]
+        return int(inline) + int(db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM packs").fetchone()[0])
 
     def __len__(self) -> int:
         db = self._db()
         return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]) if db else 0
 
     def prune(self) -> int:
-        """Drop least recently used entries until the total is within max_bytes; returns how many."""
+        """Drop least recently used entries (a pack as a whole) until the total is within
+        max_bytes, and pack files nothing refers to; returns how many entries went."""
         db = self._db()
         if db is None:
             return 0
+        self._sweep_orphans()
         excess = self.total_bytes() - self.max_bytes
         if excess <= 0:
             return 0
-        dropped, freed = [], 0
-        for key, nbytes in db.execute("SELECT key, nbytes FROM entries ORDER BY used ASC, key ASC"):
+        units = db.execute("SELECT used, 0, key, nbytes FROM entries WHERE pack IS NULL UNION ALL "
+                           "SELECT used, 1, name, nbytes FROM packs ORDER BY 1, 3").fetchall()
+        keys, packs, freed = [], [], 0
+        for _used, is_pack, name, nbytes in units:
             if freed >= excess:
                 break
-            dropped.append((key,))
+            (packs if is_pack else keys).append((name,))
             freed += nbytes
+        before = len(self)
         db.execute("BEGIN")
-        db.executemany("DELETE FROM entries WHERE key = ?", dropped)
+        db.executemany("DELETE FROM entries WHERE key = ?", keys)
+        db.executemany("DELETE FROM entries WHERE pack = ?", packs)
+        db.executemany("DELETE FROM packs WHERE name = ?", packs)
         db.execute("COMMIT")
-        return len(dropped)
+        for (name,) in packs:  # after the commit: a reader that still finds the entry finds no file, a miss
+            (self.pack_folder / name).unlink(missing_ok=True)
+        return before - len(self)
+
+    def _sweep_orphans(self) -> None:
+        """Pack files no entry refers to: written by a build that stopped before indexing them.
+        Only old ones: a running build indexes its packs seconds after writing them."""
+        folder = self.pack_folder
+        if folder is None or not folder.is_dir():
+            return
+        known = {row[0] for row in self._db().execute("SELECT name FROM packs")}
+        cutoff = time.time() - ORPHAN_AGE_S
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.lstrip(".").split(".tmp")[0] not in known and entry.stat().st_mtime < cutoff:
+                    Path(entry.path).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _put_row(out: np.ndarray, i: int, row: np.ndarray, key: str) -> None:
+    if row.shape != out.shape[1:]:  # assignment would broadcast a wrong shape silently
+        raise ValueError(f"cached row {key} has shape {list(row.shape)}, expected {list(out.shape[1:])}")
+    out[i] = row
 
 
 def default_cache() -> PreprocessCache:

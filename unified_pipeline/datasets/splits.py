@@ -58,6 +58,8 @@ def _split_for_score(u: float, fractions: dict[str, float]) -> str:
 
 
 def _class_key(label: Any) -> Any:
+    if type(label) is str:  # the usual case, and pandas' NA tests cost more than the rest of a split
+        return label
     # Missing labels (None, NaN, NA) form one group of their own.
     if pd.api.types.is_scalar(label) and pd.isna(label):
         return None
