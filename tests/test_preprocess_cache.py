@@ -28,7 +28,8 @@ def test_a_big_batch_goes_to_one_pack_and_reads_back_equal(tmp_path):
     for key, array, aux in rows:
         assert np.array_equal(got[key][0], array) and got[key][1] == aux
     out = np.zeros((3, 3, 32, 32), dtype=np.uint8)
-    aux = cache.read_into({rows[5][0]: [0, 2], rows[9][0]: [1], "absent": [1]}, out)
+    positions = {rows[5][0]: [0, 2], rows[9][0]: [1], "absent": [1]}
+    aux = cache.read_into(cache.locate(list(positions)), positions, out)
     assert aux == {rows[5][0]: 5, rows[9][0]: 9}
     assert np.array_equal(out[0], rows[5][1]) and np.array_equal(out[2], rows[5][1]) and np.array_equal(out[1], rows[9][1])
 
@@ -39,7 +40,8 @@ def test_a_small_batch_stays_in_sqlite(tmp_path):
     cache.put_many(rows)
     assert not cache.pack_folder.exists()
     out = np.zeros((1, 4), dtype=np.uint8)
-    assert cache.read_into({rows[1][0]: [0]}, out) == {rows[1][0]: 1} and np.array_equal(out[0], rows[1][1])
+    assert cache.read_into(cache.locate([rows[1][0]]), {rows[1][0]: [0]}, out) == {rows[1][0]: 1}
+    assert np.array_equal(out[0], rows[1][1])
 
 
 def test_a_row_of_the_wrong_shape_is_refused_not_broadcast(tmp_path):
@@ -47,7 +49,7 @@ def test_a_row_of_the_wrong_shape_is_refused_not_broadcast(tmp_path):
     rows = _rows(40)
     cache.put_many(rows)
     with pytest.raises(ValueError, match="expected"):
-        cache.read_into({rows[0][0]: [0]}, np.zeros((1, 1, 32, 32), dtype=np.uint8))
+        cache.read_into(cache.locate([rows[0][0]]), {rows[0][0]: [0]}, np.zeros((1, 1, 32, 32), dtype=np.uint8))
 
 
 def test_a_pack_gone_or_cut_short_is_a_miss(tmp_path):
@@ -61,7 +63,7 @@ def test_a_pack_gone_or_cut_short_is_a_miss(tmp_path):
         fh.truncate(1000)
     keys = [k for k, _a, _x in first + second]
     assert cache.get_many(keys) == {}
-    assert cache.read_into({k: [0] for k in keys}, np.zeros((1, 3, 32, 32), dtype=np.uint8)) == {}
+    assert cache.read_into(cache.locate(keys), {k: [0] for k in keys}, np.zeros((1, 3, 32, 32), dtype=np.uint8)) == {}
 
 
 def test_prune_drops_least_recently_used_packs_whole_and_their_files(tmp_path, monkeypatch):

@@ -278,8 +278,8 @@ def test_the_manifest_step_hashes_new_files_in_the_readers_same_version_as_hashi
     root = _images(home.parent / "raw" / "ds", per_class=4)
     (root / "dataset.json").write_text('{"seed": 0}')
     hashed = []
-    real = facts_readers.sha256_file
-    monkeypatch.setattr(facts_readers, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    real = facts_readers._small_file  # each file the readers hash is read through here
+    monkeypatch.setattr(facts_readers, "_small_file", lambda p: hashed.append(os.path.basename(p)) or real(p))
     monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")  # in-process, so the spy sees the reader's hashing
     ref = DatasetRef("ds", "vision", root)
     version, manifest, _path = build_manifest(ref)

@@ -121,7 +121,8 @@ WRITERS = 2  # shards being written at once
 def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[str], labels: np.ndarray,
                    plan: list, out: Path, cache: PreprocessCache, report: BuildReport, cfg) -> None:
     needed = [i for _, _, rows, _ in plan for i in rows]
-    have = cache.present({keys[i] for i in needed})
+    places = cache.locate(sorted({keys[i] for i in needed}))
+    have = places.keys()
     misses, seen = [], set()
     for i in needed:
         if keys[i] not in have and keys[i] not in seen:
@@ -144,7 +145,7 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
             for j, i in enumerate(rows):
                 positions.setdefault(keys[i], []).append(j)
             x = np.empty((len(rows), *codec.row_shape), dtype=codec.dtype)
-            aux = cache.read_into({k: v for k, v in positions.items() if k in have and k not in fresh}, x)
+            aux = cache.read_into({k: places[k] for k in positions if k in places and k not in fresh}, positions, x)
             new = []
             missing = positions.keys() - aux.keys() - fresh.keys()
             while missing:

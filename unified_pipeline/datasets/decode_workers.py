@@ -10,6 +10,7 @@ so starting them costs little.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 import sys
@@ -61,17 +62,20 @@ def one_thread() -> Iterator[None]:
 FORMAT_OF_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def open_image(path: Path):
-    """PIL's Image.open, with the format the suffix names tried first (a misnamed file still opens)."""
+def open_image(path: Path, data: bytes | None = None):
+    """PIL's Image.open, with the format the suffix names tried first (a misnamed file still opens);
+    from `data` (the file's bytes) when given."""
     from PIL import Image, UnidentifiedImageError
 
+    source = path if data is None else io.BytesIO(data)
     fmt = FORMAT_OF_SUFFIX.get(os.path.splitext(str(path))[1].lower())
     if fmt:
         try:
-            return Image.open(path, formats=[fmt])
+            return Image.open(source, formats=[fmt])
         except UnidentifiedImageError:
-            pass
-    return Image.open(path)
+            if data is not None:
+                source.seek(0)
+    return Image.open(source)
 
 
 def load_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:

@@ -76,17 +76,12 @@ class PreprocessCache:
             self._conn = conn
         return self._conn
 
-    def present(self, keys: Iterable[str]) -> set[str]:
-        db = self._db()
-        keys = list(keys)
-        if db is None or not keys:
-            return set()
-        found: set[str] = set()
-        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-            part = keys[i:i + 500]
-            rows = db.execute(f"SELECT key FROM entries WHERE key IN ({','.join('?' * len(part))})", part)
-            found.update(r[0] for r in rows)
-        return found
+    def _batches(self, keys: list[str]) -> Iterable[list[str]]:
+        """Keys in lists as long as one statement may bind, up to 5,000 (SQLite binds 32,766 since
+        3.32, 999 before): 36,000 keys took 0.16 s in lists of 5,000, 0.19 s in lists of 500."""
+        n = min(5000, self._db().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        for i in range(0, len(keys), n):
+            yield keys[i:i + n]
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[np.ndarray, int]]:
         out, packed = self._lookup(keys)
@@ -96,50 +91,64 @@ class PreprocessCache:
                 out.update((key, (a, aux)) for (key, aux, _), a in zip(rows, arrays))
         return out
 
-    def read_into(self, positions: dict[str, list[int]], out: np.ndarray) -> dict[str, int]:
-        """Each key's row copied into out[i] for each i of its positions; returns the aux of every
-        key found. A packed row is read from its file straight into `out` (no array in between:
-        copying a shard's rows out of mapped packs cost more than writing the shard)."""
-        found, packed = self._lookup(list(positions))
+    def locate(self, keys: list[str]) -> dict[str, tuple]:
+        """Where each stored key's row is, for read_into: (pack, aux, (offset, dtype, shape,
+        nbytes)), or (None, aux, None) for a row kept in SQLite. One lookup for a whole build:
+        looking the keys up again shard by shard cost as much as reading the rows."""
+        inline, packed = self._lookup(keys, with_data=False)
+        places = {key: (None, aux, None) for key, (_row, aux) in inline.items()}
+        for pack, rows in packed.items():
+            places.update((key, (pack, aux, place)) for key, aux, place in rows)
+        return places
+
+    def read_into(self, places: dict[str, tuple], positions: dict[str, list[int]], out: np.ndarray) -> dict[str, int]:
+        """Each located key's row copied into out[i] for each i of its positions; returns the aux of
+        every key read. A packed row is read from its file straight into `out` (no array in
+        between: copying a shard's rows out of mapped packs cost more than writing the shard)."""
+        found = self.get_many([key for key, (pack, _aux, _place) in places.items() if pack is None])
         aux_of = {}
         for key, (row, aux) in found.items():
             for i in positions[key]:
                 _put_row(out, i, row, key)
             aux_of[key] = aux
-        for pack, rows in packed.items():
+        by_pack: dict[str, list] = {}
+        for key, (pack, aux, place) in places.items():
+            if pack is not None:
+                by_pack.setdefault(pack, []).append((key, aux, place))
+        for pack, rows in by_pack.items():
             try:
                 fd = os.open(self.pack_folder / pack, os.O_RDONLY)
             except FileNotFoundError:  # pruned meanwhile by another build: a miss
                 continue
-            try:
-                got = {}
-                for key, aux, (offset, dtype, shape, nbytes) in rows:
-                    first, *more = positions[key]
-                    if tuple(shape) != out.shape[1:] or np.dtype(dtype) != out.dtype:
-                        raise ValueError(f"cached row {key} is {dtype}{list(shape)}, expected {out.dtype}{list(out.shape[1:])}")
-                    if os.preadv(fd, [memoryview(out[first]).cast("B")], offset) != nbytes:
-                        break  # cut short by a crash: the whole pack counts as a miss
-                    for i in more:
-                        out[i] = out[first]
-                    got[key] = aux
-                else:
-                    aux_of.update(got)
+            try:  # one read of the span this shard needs (a row at a time cost 8 µs a row)
+                start = min(place[0] for _key, _aux, place in rows)
+                span = os.pread(fd, max(place[0] + place[3] for _key, _aux, place in rows) - start, start)
             finally:
                 os.close(fd)
+            for key, aux, (offset, dtype, shape, nbytes) in rows:
+                if tuple(shape) != out.shape[1:] or np.dtype(dtype) != out.dtype:
+                    raise ValueError(f"cached row {key} is {dtype}{list(shape)}, expected {out.dtype}{list(out.shape[1:])}")
+                if offset - start + nbytes > len(span):
+                    break  # cut short by a crash: the whole pack counts as a miss
+                row = np.frombuffer(span, dtype=out.dtype, count=nbytes // out.itemsize, offset=offset - start)
+                for i in positions[key]:
+                    out[i] = row.reshape(shape)
+            else:
+                aux_of.update((key, aux) for key, aux, _place in rows)
         return aux_of
 
-    def _lookup(self, keys: list[str]) -> tuple[dict[str, tuple[np.ndarray, int]], dict[str, list]]:
-        """(key -> (array, aux) of the rows stored in SQLite, pack -> [(key, aux, (offset, dtype,
-        shape, nbytes))] of those in packs), recording their use."""
+    def _lookup(self, keys: list[str], with_data: bool = True) -> tuple[dict[str, tuple], dict[str, list]]:
+        """(key -> (array, aux) of the rows stored in SQLite (array None unless `with_data`), pack ->
+        [(key, aux, (offset, dtype, shape, nbytes))] of those in packs), recording their use."""
         db = self._db()
         if db is None or not keys:
             return {}, {}
-        out: dict[str, tuple[np.ndarray, int]] = {}
+        out: dict[str, tuple] = {}
         now = time.time()
         stale, packed, shapes = [], {}, {}
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            rows = db.execute(f"SELECT key, dtype, shape, aux, data, used, pack, offset, nbytes FROM entries "
+        data_column = "data" if with_data else "NULL"
+        for part in self._batches(keys):
+            rows = db.execute(f"SELECT key, dtype, shape, aux, {data_column}, used, pack, offset, nbytes FROM entries "
                               f"WHERE key IN ({','.join('?' * len(part))})", part)
             for key, dtype, shape, aux, data, used, pack, offset, nbytes in rows:
                 shape_t = shapes.get(shape)
@@ -148,7 +157,7 @@ class PreprocessCache:
                 if pack is not None:
                     packed.setdefault(pack, []).append((key, aux, (offset, dtype, shape_t, nbytes)))
                     continue
-                out[key] = (np.frombuffer(data, dtype=dtype).reshape(shape_t), aux)
+                out[key] = (np.frombuffer(data, dtype=dtype).reshape(shape_t) if with_data else None, aux)
                 if used < now - USE_RESOLUTION_S:
                     stale.append((now, key))
         if stale or packed:  # the LRU order needs no finer clock than this: a rebuild soon after rewrites nothing
@@ -195,9 +204,23 @@ class PreprocessCache:
 
     def get_json(self, keys: list[str]) -> dict[str, object]:
         """JSON values (small per-file facts) stored with put_json, under the same size bound and LRU."""
-        found = self.get_many(keys)
-        values = json.loads(b"[" + b",".join(a.tobytes() for a, _aux in found.values()) + b"]")  # one parse
-        return dict(zip(found, values))
+        db = self._db()
+        if db is None or not keys:
+            return {}
+        found, data, stale = [], [], []
+        now = time.time()
+        for part in self._batches(keys):  # only the bytes: a manifest looks up every file's facts
+            for key, blob, used in db.execute(f"SELECT key, data, used FROM entries WHERE key IN "
+                                              f"({','.join('?' * len(part))}) AND pack IS NULL", part):
+                found.append(key)
+                data.append(blob)
+                if used < now - USE_RESOLUTION_S:
+                    stale.append((now, key))
+        if stale:
+            db.execute("BEGIN")
+            db.executemany("UPDATE entries SET used = ? WHERE key = ?", stale)
+            db.execute("COMMIT")
+        return dict(zip(found, json.loads(b"[" + b",".join(data) + b"]")))  # one parse
 
     def put_json(self, items: Iterable[tuple[str, object]]) -> None:
         db = self._db()

@@ -28,7 +28,8 @@ from unified_pipeline.errors import DatasetError
 INDEX_FILE = "shards.json"
 SHARD_BYTES = 64 * 2**20  # bounds the memory of writing a shard and of reading one whole
 # Bounds what one changed sample costs: its shard is rebuilt whole (from the preprocessing cache).
-SHARD_ROWS = 4096
+# One changed image of 17,970: the tensors step took 0.21 s with 1,024, 0.35 s with 4,096.
+SHARD_ROWS = 1024
 PLAIN_GROUP = "all"  # keys without a split prefix
 
 
