@@ -6,7 +6,8 @@ RSS of the tensors step and of one streamed training epoch, and the rebuild afte
 changed against the full build. Every measured step runs in its own process so its peak RSS
 (ru_maxrss; its worker processes reported apart) is its own.
 
-Env: SCALE_IMAGE_FACTORS (default 1,10,100), SCALE_AUDIO_FACTORS (default 1,10),
+Env: SCALE_IMAGE_FACTORS (default 1,10,100), SCALE_LARGE_IMAGE_FACTORS (96x96 images; default 10),
+SCALE_AUDIO_FACTORS (default 1,10),
 SCALE_ONE_CORE_UPTO (largest factor also built on one core; default 10), SCALE_DATA_DIR (keep the
 generated lanes there between runs instead of in a temporary folder).
 """
@@ -23,6 +24,9 @@ import time
 from pathlib import Path
 
 from bench.common import save
+from bench.scale_data import IMAGE_SIZE
+
+LARGE_IMAGE_SIZE = 96  # the size the slow tensors step was first measured at
 
 STEP_TIMEOUT_S = 3600
 
@@ -120,49 +124,50 @@ def _factors(name: str, default: str) -> list[int]:
     return [int(v) for v in os.environ.get(name, default).split(",") if v.strip()]
 
 
-def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int) -> list[dict]:
+def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int, size: int = IMAGE_SIZE) -> list[dict]:
     from bench.scale_data import audio_lane, image_lane
 
     kept = os.environ.get("SCALE_DATA_DIR")  # lanes kept between runs: writing 180,000 images takes a while
-    root = (Path(kept) if kept else tmp) / f"{kind}_x{factor}"
+    name = f"{kind}{size if kind == 'vision' and size != IMAGE_SIZE else ''}"
+    root = (Path(kept) if kept else tmp) / f"{name}_x{factor}"
     done = root.with_name(root.name + ".complete")
     t0 = time.perf_counter()
     if done.is_file():
         n = int(done.read_text())
     else:
         shutil.rmtree(root, ignore_errors=True)
-        n = image_lane(root, factor) if kind == "vision" else audio_lane(root, factor, tmp)
+        n = image_lane(root, factor, size) if kind == "vision" else audio_lane(root, factor, tmp)
         done.write_text(str(n))
-    print(f"{kind} x{factor}: {n} files ready in {time.perf_counter() - t0:.0f}s", flush=True)
-    home = {"UNIFIED_HOME": str(tmp / f"home_{kind}_{factor}")}
+    print(f"{name} x{factor}: {n} files ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    home = {"UNIFIED_HOME": str(tmp / f"home_{name}_{factor}")}
     man = _step("manifest", home, str(root), kind)
     full = _step("tensors", home, str(root), kind, man["manifest"], man["version"])
-    rows = [_row(kind, factor, n, "manifest, empty caches (hash + decode every file, all cores)", man["seconds"], man),
-            _row(kind, factor, n, "tensors step, all cores, after that manifest", full["seconds"], full),
-            _row(kind, factor, n, "lane's first build: manifest + tensors", man["seconds"] + full["seconds"],
+    rows = [_row(name, factor, n, "manifest, empty caches (hash + decode every file, all cores)", man["seconds"], man),
+            _row(name, factor, n, "tensors step, all cores, after that manifest", full["seconds"], full),
+            _row(name, factor, n, "lane's first build: manifest + tensors", man["seconds"] + full["seconds"],
                  note="every file hashed and decoded once")]
-    if factor <= one_core_upto:
-        one_home = {"UNIFIED_HOME": str(tmp / f"home1_{kind}_{factor}"), "UNIFIED_DECODE_WORKERS": "1"}
+    if factor <= one_core_upto and name == kind:
+        one_home = {"UNIFIED_HOME": str(tmp / f"home1_{name}_{factor}"), "UNIFIED_DECODE_WORKERS": "1"}
         man1 = _step("manifest", one_home, str(root), kind)
         one = _step("tensors", one_home, str(root), kind, man1["manifest"], man1["version"])
-        rows.append(_row(kind, factor, n, "lane's first build on one core: manifest + tensors",
+        rows.append(_row(name, factor, n, "lane's first build on one core: manifest + tensors",
                          man1["seconds"] + one["seconds"], one))
     if kind == "vision":
         ref = _step("torchvision", {}, str(root))
-        rows.append(_row(kind, factor, n, "torchvision ImageFolder + DataLoader(num_workers=2)", ref["seconds"], ref))
+        rows.append(_row(name, factor, n, "torchvision ImageFolder + DataLoader(num_workers=2)", ref["seconds"], ref))
     _change_one(sorted(root.rglob("*.png" if kind == "vision" else "*.wav"))[n // 2])
     man2 = _step("manifest", home, str(root), kind)
     again = _step("tensors", home, str(root), kind, man2["manifest"], man2["version"])
-    rows.append(_row(kind, factor, n, "manifest after one file changed", man2["seconds"],
+    rows.append(_row(name, factor, n, "manifest after one file changed", man2["seconds"],
                      note=f"{man2['seconds'] / man['seconds']:.1%} of the first manifest"))
-    rows.append(_row(kind, factor, n, "tensors step after one file changed", again["seconds"], again,
+    rows.append(_row(name, factor, n, "tensors step after one file changed", again["seconds"], again,
                      note=f"{again['seconds'] / full['seconds']:.1%} of the full build"))
     lane_full, lane_one = man["seconds"] + full["seconds"], man2["seconds"] + again["seconds"]
-    rows.append(_row(kind, factor, n, "lane (manifest + tensors) after one file changed", lane_one,
+    rows.append(_row(name, factor, n, "lane (manifest + tensors) after one file changed", lane_one,
                      note=f"{lane_one / lane_full:.1%} of the lane's first build ({lane_full:.1f}s)"))
     if kind == "vision":
         ep = _step("epoch", {"UNIFIED_TENSORS_IN_MEMORY_BYTES": "0"}, full["folder"])
-        rows.append(_row(kind, factor, n, "one training epoch, streamed from shards", ep["seconds"], ep,
+        rows.append(_row(name, factor, n, "one training epoch, streamed from shards", ep["seconds"], ep,
                          note=f"{ep['samples_per_s']:.0f} samples/s, val acc {ep['val_accuracy']:.3f}"))
     return rows
 
@@ -194,17 +199,18 @@ def run() -> list[dict]:
     rows: list[dict] = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for kind, factors in (("vision", _factors("SCALE_IMAGE_FACTORS", "1,10,100")),
-                              ("audio", _factors("SCALE_AUDIO_FACTORS", "1,10"))):
+        for kind, size, factors in (("vision", IMAGE_SIZE, _factors("SCALE_IMAGE_FACTORS", "1,10,100")),
+                                    ("vision", LARGE_IMAGE_SIZE, _factors("SCALE_LARGE_IMAGE_FACTORS", "10")),
+                                    ("audio", None, _factors("SCALE_AUDIO_FACTORS", "1,10"))):
             for factor in factors:
-                rows += _lane(kind, factor, Path(tmp), one_core_upto)
+                rows += _lane(kind, factor, Path(tmp), one_core_upto, size)
                 save("scale", rows, _notes(load_before))  # a long run leaves its finished sizes behind
     save("scale", rows, _notes(load_before))
     return rows
 
 
 def _notes(load_before: tuple) -> str:
-    return (f"Images: 32x32 RGB PNGs; audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
+    return (f"Images: 32x32 RGB PNGs (lane vision), 96x96 (vision96); audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
             f"seconds of the stage. The manifest step hashes every file and decodes each new one on every "
             f"core (a colour image's tensor row is cached then, so the tensors step decodes only grey "
             f"images and audio); the tensors step reads the manifest, takes rows from the cache (decoding "

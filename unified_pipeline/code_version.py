@@ -97,14 +97,15 @@ def import_closure(modules: tuple[str, ...], package_dir: Path = PACKAGE_DIR, pa
     return sorted(seen | enclosing)
 
 
-def library_versions() -> list[str]:
+@lru_cache(maxsize=None)  # what a process has loaded does not change under it (18 ms a call)
+def library_versions() -> tuple[str, ...]:
     found = []
     for name in NUMERIC_LIBRARIES:
         try:
             found.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             found.append(f"{name} absent")
-    return found
+    return tuple(found)
 
 
 @lru_cache(maxsize=None)

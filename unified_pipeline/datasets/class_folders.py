@@ -95,7 +95,7 @@ def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tupl
     for cls in _visible_dirs(root):
         if per_class.get(cls.name, 0) == 0:
             raise DatasetError(f"{cls}: class folder is empty")
-    unknown = sorted(rel for rel in file_hashes if os.path.splitext(rel)[1].lower() not in extensions)
+    unknown = sorted(rel for rel in file_hashes if not rel.lower().endswith(extensions))  # (hidden files are never listed)
     if unknown:
         raise DatasetError(
             f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"

@@ -73,9 +73,10 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
     if len(hashes) != len(labels):
         raise ValueError(f"{len(hashes)} hashes but {len(labels)} labels")
     wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    classes = [_class_key(label) for label in labels]
     by_class: dict[Any, set[str]] = defaultdict(set)
-    for h, label in zip(hashes, labels):
-        by_class[_class_key(label)].add(h)
+    for h, cls in zip(hashes, classes):
+        by_class[cls].add(h)
     placed: dict[tuple[Any, str], str] = {}
     for cls, contents in by_class.items():
         score = {h: split_score(h, seed) for h in contents}
@@ -83,7 +84,7 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
         if len(contents) >= len(wanted) and not set(wanted) <= set(split.values()):
             _lend(split, score, wanted)
         placed.update({(cls, h): s for h, s in split.items()})
-    return [placed[(_class_key(label), h)] for h, label in zip(hashes, labels)]
+    return [placed[(cls, h)] for h, cls in zip(hashes, classes)]
 
 
 def _lend(split: dict[str, str], score: dict[str, float], wanted: list[str]) -> None:
