@@ -59,9 +59,10 @@ class HashCache:
             self._conn = conn
         return self._conn
 
-    def lookup(self, paths: list, under: str | None = None) -> tuple[dict, dict]:
+    def lookup(self, paths: list, under: str | None = None, strip: int | None = None) -> tuple[dict, dict]:
         """(sha256 per path where the cache knows the file as it is now, else None; (size,
-        mtime_ns) per path). `under`: a folder holding every path, so only its entries are read."""
+        mtime_ns) per path). `under`: a folder holding every path, so only its entries are read.
+        `strip`: key the results by each path's text after this many characters (relative paths)."""
         db = self._db()
         known: dict[str, tuple[int, int, str]] = {}
         if db is not None and paths:
@@ -77,9 +78,12 @@ class HashCache:
         for p in paths:
             key = str(p)
             st = os.stat(key)
-            stats[p] = (st.st_size, st.st_mtime_ns)
+            name = p if strip is None else key[strip:]
+            stats[name] = (st.st_size, st.st_mtime_ns)
             hit = known.get(key)
-            hashes[p] = hit[2] if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns else None
+            hashes[name] = hit[2] if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns else None
+        if strip is not None and os.sep != "/":
+            hashes, stats = ({k.replace(os.sep, "/"): v for k, v in d.items()} for d in (hashes, stats))
         return hashes, stats
 
     def remember(self, rows: list[tuple[str, int, int, str]]) -> None:
@@ -161,8 +165,7 @@ def known_hashes(root: str | Path, cache: HashCache) -> tuple[dict[str, str | No
     knows the file as it is now, else None; (size, mtime_ns) by relative path). For a reader
     that hashes the rest while it reads them anyway (`HashCache.remember` stores them)."""
     base = os.path.abspath(root)
-    hashes, stats = cache.lookup(walk_files(base), under=base)
-    return _relative(base, hashes), _relative(base, stats)
+    return cache.lookup(walk_files(base), under=base, strip=len(os.path.join(base, "")))
 
 
 def files_version(by_rel: dict[str, str]) -> str:

@@ -136,7 +136,7 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     return df
 
 
-PUT_EVERY = 1024  # facts and rows stored at once
+PUT_EVERY = 16384  # facts and rows stored at once: each commit rewrites the index pages it touched, which content-hash keys spread over all of them
 
 
 def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str | None], read_facts: Callable, cfg: Any,

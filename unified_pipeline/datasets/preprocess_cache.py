@@ -23,6 +23,7 @@ from unified_pipeline.datasets.row_packs import PackedRow, read_rows, write_pack
 DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 << 30)))
 USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
 PACK_FROM = 64 << 10  # a batch of rows at least this big goes to a pack file, not into SQLite
+CACHE_PAGES_KIB = 256 << 10  # SQLite's page cache, at most (it grows with use)
 ORPHAN_AGE_S = 3600.0  # an unindexed pack file older than this was left by a build that stopped
 
 
@@ -64,6 +65,9 @@ class PreprocessCache:
             conn.execute("PRAGMA journal_mode=WAL")
             # A transaction stays all-or-nothing; a power cut may lose the last ones, which are re-decoded.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Keys are content hashes, so inserts land on random pages: with SQLite's default 2 MB of
+            # cache, storing a 180,000-file lane's entries took 10 s against 0.3 s for 18,000.
+            conn.execute(f"PRAGMA cache_size=-{CACHE_PAGES_KIB}")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL, pack TEXT, offset INTEGER)")
             if "pack" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:  # a cache from before packs
@@ -210,8 +214,11 @@ class PreprocessCache:
         found, data, stale = [], [], []
         now = time.time()
         for part in self._batches(keys):  # only the bytes: a manifest looks up every file's facts
-            for key, blob, used in db.execute(f"SELECT key, data, used FROM entries WHERE key IN "
-                                              f"({','.join('?' * len(part))}) AND pack IS NULL", part):
+            # (no "AND pack IS NULL" here: with it SQLite took 4x as long over 180,000 keys)
+            for key, blob, used, pack in db.execute(f"SELECT key, data, used, pack FROM entries WHERE key IN "
+                                                    f"({','.join('?' * len(part))})", part):
+                if pack is not None:
+                    continue
                 found.append(key)
                 data.append(blob)
                 if used < now - USE_RESOLUTION_S:
