@@ -292,3 +292,20 @@ def test_the_manifest_step_hashes_new_files_in_the_readers_same_version_as_hashi
     Image.fromarray(np.full((8, 8, 3), 5, dtype=np.uint8)).save(root / "b" / "001.png")
     version2, manifest2, _ = build_manifest(ref)
     assert hashed == ["001.png"] and version2 == dataset_version(root)[0] != version
+
+
+def test_rows_whose_pack_another_build_pruned_meanwhile_are_decoded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFIED_DECODE_WORKERS", "1")
+    root = _images(tmp_path / "ds", per_class=6)
+    cache = PreprocessCache(tmp_path / "cache.sqlite")
+    manifest = VISION.build_manifest(root, dataset_version(root)[1], PreprocessConfig(facts_cache=cache))
+    packs = list(cache.pack_folder.iterdir())
+    assert packs and len(cache) == 24  # 12 facts, 12 rows in packs
+    for pack in packs:  # the index still lists the rows: only reading them finds them gone
+        pack.unlink()
+    out = tmp_path / "t"
+    VISION.write_tensors(root, manifest, PreprocessConfig(), out, cache=cache)
+    fresh = VISION.build_tensors(root, manifest, PreprocessConfig())
+    stored = TensorBundle.load(out)
+    for split in ("train", "val", "test"):
+        assert torch.equal(stored.split(split)["x"], fresh.split(split)["x"])
