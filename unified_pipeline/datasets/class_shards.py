@@ -6,7 +6,8 @@ shard is named by a digest of what it holds (each sample's cache key and label),
   without decoding or reading anything but its header (which keeps its statistics);
 - a shard to write takes its samples from the preprocessing cache and decodes only the
   misses, on every core (decode_workers);
-- memory holds one shard of rows and a bounded window of decoded tasks, whatever the size.
+- memory holds a few shards of rows (one being filled, WRITERS being written) and a bounded
+  window of decoded tasks, whatever the size.
 Normalisation statistics are sums per shard (float64), combined at the end over the train
 split, so they never require the whole split in memory.
 """
