@@ -136,7 +136,9 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     return df
 
 
-PUT_EVERY = 16384  # facts and rows stored at once: each commit rewrites the index pages it touched, which content-hash keys spread over all of them
+# Facts and rows stored at once. Each commit rewrites every index page it touched, and content-hash
+# keys spread over all of them: a commit every 1,024 files cost 10 s of a 180,000-file manifest.
+PUT_EVERY = 16384
 
 
 def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str | None], read_facts: Callable, cfg: Any,
