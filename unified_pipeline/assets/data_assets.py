@@ -156,7 +156,7 @@ def build_tensors(ref: DatasetRef, manifest_file: Path, version: str, settings: 
 
                 manifest = read_manifest(manifest_file, getattr(kind, "tensor_columns", None))
                 meta = kind.write_tensors(ref.root, manifest, cfg, tmp,
-                                          reuse_from=earlier_folders(out))
+                                          reuse_from=earlier_folders(out), version=version)
                 _set_lane_facts(meta, ref, version)
                 atomic.write_json(tmp / META_FILE, meta)
             else:

@@ -109,9 +109,11 @@ class AudioKind:
         return in_memory(self, root, manifest, cfg)
 
     def write_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig, out: Path,
-                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None) -> dict:
+                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None,
+                      version: str | None = None) -> dict:
         """float16 log-mel in shards, NaN in padded frames (normalised when read with the train
-        split's per-bin mean/std, padding -> 0); returns the meta also written to out/meta.json."""
+        split's per-bin mean/std, padding -> 0); returns the meta also written to out/meta.json.
+        `version`: the data version when the caller has it (else it is computed from the manifest)."""
         from unified_pipeline.datasets.class_shards import Codec, write_class_index, write_class_tensors
 
         root = Path(root)
@@ -135,7 +137,7 @@ class AudioKind:
         std = np.sqrt(np.maximum(report.stats["sumsq"] / count - mean**2, 0)).clip(min=1e-6)
         write_class_index(out, codec, report, {"scale": list(1 / std), "shift": list(-mean / std), "axis": 1, "nan": 0.0})
         meta = {
-            "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
+            "dataset": root.name, "kind": self.name, "data_version": version or data_version(manifest),
             "splits": report.counts, "classes": sorted(manifest["label"].unique()), "sample_rate": cfg.sample_rate,
             "n_mels": cfg.n_mels, "hop_length": settings["hop_length"], "n_fft": settings["n_fft"],
             "win_length": settings["win_length"], "max_samples": max_samples, "frames": frames,

@@ -71,9 +71,11 @@ class VisionKind:
         return in_memory(self, root, manifest, cfg)
 
     def write_tensors(self, root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig, out: Path,
-                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None) -> dict:
+                      reuse_from: list[Path] | None = None, cache: PreprocessCache | None = None,
+                      version: str | None = None) -> dict:
         """uint8 pixels in shards (normalised when read: pixel/255, then per-channel mean/std of
-        the train split); returns the meta also written to out/meta.json."""
+        the train split); returns the meta also written to out/meta.json. `version`: the data
+        version when the caller has it (else it is computed from the manifest)."""
         from unified_pipeline.datasets.class_shards import Codec, write_class_index, write_class_tensors
 
         root = Path(root)
@@ -94,7 +96,7 @@ class VisionKind:
         std = np.sqrt(np.maximum(report.stats["sumsq"] / count / 255.0**2 - mean**2, 0)).clip(min=1e-6)
         write_class_index(out, codec, report, {"scale": list(1 / (255.0 * std)), "shift": list(-mean / std), "axis": 1})
         meta = {
-            "dataset": root.name, "kind": self.name, "data_version": data_version(manifest),
+            "dataset": root.name, "kind": self.name, "data_version": version or data_version(manifest),
             "splits": report.counts, "classes": sorted(manifest["label"].unique()), "channels": channels,
             "image_size": [h, w], "mode": mode,
             "mean": [float(v) for v in mean], "std": [float(v) for v in std],
