@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, save
-from bench.scale import _change_one, _step
+from bench.scale import LARGE_IMAGE_SIZE, _change_one, _step
 
-IMAGE_SIZE = 96
 TIMEOUT_S = 600
 STATES = ("first build", "nothing changed", "one image changed")
 
@@ -93,7 +92,7 @@ def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-step-cost-") as tmp_name:
         tmp = Path(tmp_name)
         root = tmp / "raw" / "images"
-        n = image_lane(root, 1, size=IMAGE_SIZE, count=count)
+        n = image_lane(root, 1, size=LARGE_IMAGE_SIZE, count=count)
         env = _dagster_env(tmp / "raw", tmp)
         plain = [_in_process(root, tmp / "home_in_process")]
         plain.append(_in_process(root, tmp / "home_in_process"))  # the tensors folder is reused
@@ -118,7 +117,7 @@ def run() -> list[dict]:
 
 
 def _notes(load_before: tuple) -> str:
-    return (f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB PNGs; Dagster run as `{' '.join(Path(p).name for p in dagster_command())} job "
+    return (f"{LARGE_IMAGE_SIZE}x{LARGE_IMAGE_SIZE} RGB PNGs; Dagster run as `{' '.join(Path(p).name for p in dagster_command())} job "
             f"execute -j data_lane`. in_process_s: build_tensors in a fresh process, imports excluded. "
             "dagster_step_s: the tensors step from STEP_WORKER_STARTING to STEP_SUCCESS; dagster_compute_s: from its "
             "input loaded to its output (build_tensors and the metadata); step_overhead_s the rest: worker_start_s "

@@ -58,6 +58,7 @@ def test_worker_processes_decode_what_one_process_does(tmp_path):
     assert len(pooled) == len(rels) and pooled[3]["decodable"] is False
     for a, b in zip(pooled, alone):
         assert a.keys() == b.keys() and np.array_equal(a.get("_row"), b.get("_row"))
+        assert {k: v for k, v in a.items() if k != "_row"} == {k: v for k, v in b.items() if k != "_row"}
     del rels[3]
     pixels = list(decode_all(decode_images, tmp_path, rels, ("RGB", None), workers=2, pool_from=1))
     assert all(np.array_equal(x, load_image(tmp_path / rel, "RGB", None)) for (x, _), rel in zip(pixels, rels))

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -97,3 +98,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One SQLite transaction on a connection opened with isolation_level=None: committed when the
+    block ends, rolled back when it raises, so a failed write never leaves the connection inside a
+    transaction that makes every later write fail."""
+    db.execute("BEGIN")
+    with db:  # commits, or rolls back and re-raises
+        yield db

@@ -60,7 +60,7 @@ def hash_cache() -> HashCache:
 
 
 def preprocess_config(settings: dict[str, Any], log: Any = None, facts_cache: Any = None) -> PreprocessConfig:
-    known = {f.name for f in fields(PreprocessConfig)} - {"log", "facts_cache", "file_sizes"}
+    known = {f.name for f in fields(PreprocessConfig) if f.compare}  # (what is not a setting compares False)
     cfg = PreprocessConfig(**{k: v for k, v in settings.items() if k in known}, log=log, facts_cache=facts_cache)
     cfg.extra.update({k: v for k, v in settings.items() if k not in known})
     return cfg

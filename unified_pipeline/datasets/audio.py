@@ -55,15 +55,28 @@ def mel_settings(sample_rate: int, n_mels: int) -> dict:
             "hop_length": int(round(0.010 * sample_rate)), "n_mels": n_mels}
 
 
-def log_mel(waves, settings: dict):
-    """[B,S] waveforms -> [B,n_mels,T] log-mel (natural log of power + LOG_OFFSET), in batches."""
+def log_mel(waves, settings: dict, mel=None):
+    """[B,S] waveforms -> [B,n_mels,T] log-mel (natural log of power + LOG_OFFSET), in batches.
+    `mel`: a MelSpectrogram of these settings to reuse (it caches its filter bank)."""
     import torch
     import torchaudio
 
-    mel = torchaudio.transforms.MelSpectrogram(**settings)
+    mel = mel or torchaudio.transforms.MelSpectrogram(**settings)
     with torch.no_grad():
         parts = [torch.log(mel(waves[i:i + BATCH]) + LOG_OFFSET) for i in range(0, waves.shape[0], BATCH)]
     return torch.cat(parts) if parts else torch.zeros(0, settings["n_mels"], 0)
+
+
+def stored_log_mel(waves: list, length: int, settings: dict, mel=None):
+    """1-D waveforms zero-padded to `length` samples -> float16 log-mel [N,n_mels,T], as the shards
+    store them. Training and prediction both go through here: the STFT reflects at the signal's
+    end, so a clip padded to another length would get other last frames."""
+    import torch
+
+    batch = torch.zeros(len(waves), length)
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    return log_mel(batch, settings, mel).to(torch.float16)
 
 
 def frame_sums(x: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.datasets.class_folders import files_inside
 from unified_pipeline.datasets.decode_workers import decode_all
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key, settings_digest
+from unified_pipeline.datasets.row_packs import place_row
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
 from unified_pipeline.datasets.splits import SPLITS, assign_splits
@@ -152,8 +153,7 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
             while missing:
                 i = next(order, None)
                 if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
-                    lost = [keys[j] for j in rows if keys[j] in missing]
-                    lost = list(dict.fromkeys(lost))
+                    lost = list(dict.fromkeys(keys[j] for j in rows if keys[j] in missing))
                     paths = [manifest["path"].iloc[rows[positions[k][0]]] for k in lost]
                     for k, value in zip(lost, codec.decode(str(root), paths, *codec.extra)):
                         fresh[k] = value
@@ -165,7 +165,7 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
             for k in positions.keys() & fresh.keys():
                 row, aux[k] = fresh[k]
                 for j in positions[k]:
-                    x[j] = _checked(row, codec.row_shape, k)
+                    place_row(x, j, row, k)
             tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(labels[rows].copy())}
             if codec.aux_field:
                 tensors[codec.aux_field] = torch.tensor([aux[keys[i]] for i in rows], dtype=torch.int64)
@@ -186,12 +186,6 @@ def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[
 def _finish_shard(codec: Codec, out: Path, split: str, n: int, tensors: dict, digest: str) -> None:
     stats = {k: [float(v) for v in np.atleast_1d(s)] for k, s in codec.stats(tensors["x"].numpy()).items()}
     write_shard(out, split, n, tensors, stats=stats, digest=digest)
-
-
-def _checked(row: np.ndarray, shape: tuple[int, ...], key: str) -> np.ndarray:
-    if row.shape != tuple(shape):  # assignment would broadcast a wrong shape silently
-        raise ValueError(f"decoded row {key} has shape {list(row.shape)}, expected {list(shape)}")
-    return row
 
 
 CONTENT_CUTS_FROM = 64  # rows per shard below which shards are cut by count alone

@@ -106,7 +106,7 @@ def decode_clips(root: str, rels: list[str], sample_rate: int, max_samples: int,
     import torch
     import torchaudio
 
-    from unified_pipeline.datasets.audio import load_clip, valid_frames
+    from unified_pipeline.datasets.audio import load_clip, stored_log_mel, valid_frames
 
     if _WORKER.get("pool") and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -115,18 +115,12 @@ def decode_clips(root: str, rels: list[str], sample_rate: int, max_samples: int,
         _WORKER["mel"] = torchaudio.transforms.MelSpectrogram(**mel)
         _WORKER["mel_key"] = key
     resamplers = _WORKER.setdefault(("resample", sample_rate), {})
-    waves = torch.zeros(len(rels), max_samples)
-    lengths = []
-    for i, rel in enumerate(rels):
-        wave = load_clip(Path(root) / rel, sample_rate, max_samples, resamplers)
-        waves[i, : wave.shape[0]] = wave
-        lengths.append(valid_frames(int(wave.shape[0]), mel["hop_length"]))
-    with torch.no_grad():
-        feats = torch.log(_WORKER["mel"](waves) + LOG_OFFSET)
+    waves = [load_clip(Path(root) / rel, sample_rate, max_samples, resamplers) for rel in rels]
+    lengths = [valid_frames(int(wave.shape[0]), mel["hop_length"]) for wave in waves]
+    feats = stored_log_mel(waves, max_samples, mel, _WORKER["mel"])
     out = []
     for f, n in zip(feats, lengths):
         n = min(n, f.shape[-1])
-        f = f.to(torch.float16)
         f[:, n:] = float("nan")
         out.append((f.numpy(), n))
     return out

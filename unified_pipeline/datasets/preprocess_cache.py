@@ -16,8 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-from unified_pipeline import hashing
-from unified_pipeline.datasets.row_packs import PackedRow, read_rows, write_pack
+from unified_pipeline import atomic, hashing
+from unified_pipeline.datasets.row_packs import PackedRow, place_row, read_rows, write_pack
 
 
 DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 << 30)))
@@ -113,7 +113,7 @@ class PreprocessCache:
         aux_of = {}
         for key, (row, aux) in found.items():
             for i in positions[key]:
-                _put_row(out, i, row, key)
+                place_row(out, i, row, key)
             aux_of[key] = aux
         by_pack: dict[str, list] = {}
         for key, (pack, aux, place) in places.items():
@@ -164,13 +164,19 @@ class PreprocessCache:
                 out[key] = (np.frombuffer(data, dtype=dtype).reshape(shape_t) if with_data else None, aux)
                 if used < now - USE_RESOLUTION_S:
                     stale.append((now, key))
-        if stale or packed:  # the LRU order needs no finer clock than this: a rebuild soon after rewrites nothing
-            db.execute("BEGIN")
+        self._touch(now, stale, list(packed))
+        return out, packed
+
+    def _touch(self, now: float, stale: list[tuple[float, str]], packs: list[str]) -> None:
+        """Record the use of entries whose stamp is old and of these packs. The LRU order needs no
+        finer clock than USE_RESOLUTION_S: a rebuild soon after rewrites nothing."""
+        if not stale and not packs:
+            return
+        db = self._db()
+        with atomic.transaction(db):
             db.executemany("UPDATE entries SET used = ? WHERE key = ?", stale)
             db.executemany("UPDATE packs SET used = ? WHERE name = ? AND used < ?",
-                           [(now, pack, now - USE_RESOLUTION_S) for pack in packed])
-            db.execute("COMMIT")
-        return out, packed
+                           [(now, pack, now - USE_RESOLUTION_S) for pack in packs])
 
     def put_many(self, items: Iterable[tuple[str, np.ndarray, int]]) -> None:
         db = self._db()
@@ -184,10 +190,9 @@ class PreprocessCache:
         now = time.time()
         rows = [(k, a.dtype.str, ",".join(map(str, a.shape)), int(aux), np.ascontiguousarray(a).tobytes(),
                  int(a.nbytes), now) for k, a, aux in items]
-        db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
+        with atomic.transaction(db):
+            db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def add_packed(self, rows: Iterable[tuple[str, int, PackedRow]]) -> None:
         """Index rows already written to packs of pack_folder (write_pack): (key, aux, place) per row."""
@@ -199,12 +204,11 @@ class PreprocessCache:
         sizes: dict[str, int] = {}
         for _key, _aux, r in rows:
             sizes[r.pack] = sizes.get(r.pack, 0) + r.nbytes
-        db.execute("BEGIN")  # one transaction for every pack: a commit each cost 2.5 ms
-        db.executemany("INSERT OR REPLACE INTO packs VALUES (?, ?, ?)", [(p, n, now) for p, n in sizes.items()])
-        db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)",
-                       [(key, r.dtype, ",".join(map(str, r.shape)), int(aux), r.nbytes, now, r.pack, r.offset)
-                        for key, aux, r in rows])
-        db.execute("COMMIT")
+        with atomic.transaction(db):  # one transaction for every pack: a commit each cost 2.5 ms
+            db.executemany("INSERT OR REPLACE INTO packs VALUES (?, ?, ?)", [(p, n, now) for p, n in sizes.items()])
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                           [(key, r.dtype, ",".join(map(str, r.shape)), int(aux), r.nbytes, now, r.pack, r.offset)
+                            for key, aux, r in rows])
 
     def get_json(self, keys: list[str]) -> dict[str, object]:
         """JSON values (small per-file facts) stored with put_json, under the same size bound and LRU."""
@@ -223,10 +227,7 @@ class PreprocessCache:
                 data.append(blob)
                 if used < now - USE_RESOLUTION_S:
                     stale.append((now, key))
-        if stale:
-            db.execute("BEGIN")
-            db.executemany("UPDATE entries SET used = ? WHERE key = ?", stale)
-            db.execute("COMMIT")
+        self._touch(now, stale, [])
         return dict(zip(found, json.loads(b"[" + b",".join(data) + b"]")))  # one parse
 
     def put_json(self, items: Iterable[tuple[str, object]]) -> None:
@@ -238,10 +239,9 @@ class PreprocessCache:
         for key, value in items:
             data = json.dumps(value).encode()
             rows.append((key, "|u1", str(len(data)), 0, data, len(data), now))
-        db.execute("BEGIN")  # kept in SQLite whatever the total: a fact is read alone, by key
-        db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
+        with atomic.transaction(db):  # kept in SQLite whatever the total: a fact is read alone, by key
+            db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def total_bytes(self) -> int:
         db = self._db()
@@ -273,11 +273,10 @@ class PreprocessCache:
             (packs if is_pack else keys).append((name,))
             freed += nbytes
         before = len(self)
-        db.execute("BEGIN")
-        db.executemany("DELETE FROM entries WHERE key = ?", keys)
-        db.executemany("DELETE FROM entries WHERE pack = ?", packs)
-        db.executemany("DELETE FROM packs WHERE name = ?", packs)
-        db.execute("COMMIT")
+        with atomic.transaction(db):
+            db.executemany("DELETE FROM entries WHERE key = ?", keys)
+            db.executemany("DELETE FROM entries WHERE pack = ?", packs)
+            db.executemany("DELETE FROM packs WHERE name = ?", packs)
         for (name,) in packs:  # after the commit: a reader that still finds the entry finds no file, a miss
             (self.pack_folder / name).unlink(missing_ok=True)
         return before - len(self)
@@ -299,12 +298,6 @@ class PreprocessCache:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def _put_row(out: np.ndarray, i: int, row: np.ndarray, key: str) -> None:
-    if row.shape != out.shape[1:]:  # assignment would broadcast a wrong shape silently
-        raise ValueError(f"cached row {key} has shape {list(row.shape)}, expected {list(out.shape[1:])}")
-    out[i] = row
 
 
 def default_cache() -> PreprocessCache:

@@ -67,3 +67,10 @@ def read_rows(path: Path, rows: list[tuple[int, str, tuple[int, ...], int]]) -> 
         return None
     return [np.frombuffer(mapped, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=offset).reshape(shape)
             for offset, dtype, shape, nbytes in rows]
+
+
+def place_row(out: np.ndarray, i: int, row: np.ndarray, key: str) -> None:
+    """out[i] = row, refusing a row of another shape (the assignment would broadcast it silently)."""
+    if row.shape != out.shape[1:]:
+        raise ValueError(f"row {key} has shape {list(row.shape)}, expected {list(out.shape[1:])}")
+    out[i] = row

@@ -42,6 +42,11 @@ def pixel_sums(x: np.ndarray) -> dict[str, np.ndarray]:
             "count": np.array([x.size / x.shape[1]])}
 
 
+def _configured_size(cfg: PreprocessConfig) -> tuple[int, int] | None:
+    """(H, W) every image is resized to, when the preprocess config sets image_size."""
+    return (int(cfg.image_size), int(cfg.image_size)) if cfg.image_size and cfg.image_size > 0 else None
+
+
 class VisionKind:
     name = "vision"
     description = "images in class sub-folders (png/jpg/jpeg/bmp/webp), ImageFolder layout"
@@ -57,7 +62,7 @@ class VisionKind:
     def build_manifest(self, root: Path, file_hashes: dict[str, str],
                        cfg: PreprocessConfig | None = None) -> pd.DataFrame:
         cfg = cfg or PreprocessConfig()
-        size = (int(cfg.image_size), int(cfg.image_size)) if cfg.image_size and cfg.image_size > 0 else None
+        size = _configured_size(cfg)
         keep = cfg.facts_cache is not None  # decoded rows go to the cache the tensors step reads
         return class_folder_manifest(root, file_hashes, IMAGE_EXTENSIONS, "image", image_facts, MANIFEST_COLUMNS,
                                      cfg, int_columns=("width", "height", "channels"), extra=(size, keep),
@@ -107,8 +112,8 @@ class VisionKind:
 
     @staticmethod
     def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:
-        if cfg.image_size and cfg.image_size > 0:
-            return (int(cfg.image_size), int(cfg.image_size))
+        if size := _configured_size(cfg):
+            return size
         sizes = Counter(zip(manifest["height"].astype(int).tolist(), manifest["width"].astype(int).tolist()))
         if len(sizes) > 1:
             common = sizes.most_common(1)[0][0]

@@ -187,12 +187,8 @@ def load_clips(paths: Sequence[str | Path], extra: dict[str, Any]) -> tuple[torc
             raise DatasetError(f"{p}: audio file holds no samples")
         waves.append(wave)
         lengths.append(lane.valid_frames(int(wave.shape[0]), settings["hop_length"]))
-    # Padded with zeros to the training length: the STFT reflects at the signal's end, so a shorter
-    # batch would change a clip's last frames.
-    batch = torch.zeros(len(waves), max(max_samples or 0, max(w.shape[0] for w in waves)))
-    for i, w in enumerate(waves):
-        batch[i, : w.shape[0]] = w
-    feats = lane.log_mel(batch, settings).half().float()  # the precision the training shards store
+    length = max(max_samples or 0, max(w.shape[0] for w in waves))  # the training length, as the shards
+    feats = lane.stored_log_mel(waves, length, settings).float()
     n = torch.tensor(lengths, dtype=torch.long).clamp(max=feats.shape[-1])
     mean = torch.tensor(extra["mean"], dtype=torch.float32).view(1, -1, 1)
     std = torch.tensor(extra["std"], dtype=torch.float32).view(1, -1, 1)

@@ -155,12 +155,11 @@ class Trainer:
         point = ckpt.latest_valid(self.checkpoint_dir, self.log) if self.checkpoint_dir is not None else None
         if point is None:
             return state
-        fresh = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
             state.restore(point, self.model)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             self.log.warning(f"checkpoint {point.path} does not fit this model ({exc}); starting fresh")
-            self.model.load_state_dict(fresh)
+            self.model.load_state_dict(state.best_weights)  # still the starting weights: restore sets it last
             return FitState.start(self.model, self.cfg, self.precision, self.device, steps, started,
                                   self.optimizer_factory)
         self.log.info(f"resuming from {point.path} (epoch {state.loop.epoch}, step {state.loop.step})")
@@ -207,8 +206,8 @@ class Trainer:
             gen.set_state(ckpt.rng_state_from_text(loop.shuffle_state))
         perm = torch.randperm(split.n, generator=gen)  # on the host: the same order on every device
         if split.streamed:
-            batches = [perm[i * bs:(i + 1) * bs] for i in range(steps)]
-            return stream_batches(split.tensors, batches[loop.step:], self.cfg.loader_workers, self.device)
+            batches = [perm[i * bs:(i + 1) * bs] for i in range(loop.step, steps)]
+            return stream_batches(split.tensors, batches, self.cfg.loader_workers, self.device)
         perm_dev = perm.to(self.device) if not all(split.on_host) else perm
         return (tuple(t[perm[i * bs:(i + 1) * bs]] if host else t[perm_dev[i * bs:(i + 1) * bs]]
                       for t, host in zip(split.tensors, split.on_host))
