@@ -60,15 +60,19 @@ class HashCache:
             self._conn = conn
         return self._conn
 
-    def lookup(self, paths: list, under: str | None = None, strip: int | None = None) -> tuple[dict, dict]:
+    def lookup(self, paths: list, under: str | None = None, strip: int | None = None,
+               exact: bool = False) -> tuple[dict, dict]:
         """(sha256 per path where the cache knows the file as it is now, else None; (size,
-        mtime_ns) per path). `under`: a folder holding every path, so only its entries are read.
+        mtime_ns) per path). `under`: a folder holding every path, so only its entries are read;
+        `exact`: only the rows of these paths are read (a few paths, at most SQLite's limit).
         `strip`: key the results by each path's text after this many characters (relative paths)."""
         db = self._db()
         known: dict[str, tuple[int, int, str]] = {}
         if db is not None and paths:
             query, args = "SELECT path, size, mtime_ns, sha256 FROM files", ()
-            if under:  # the primary key's range of the folder, not every file ever hashed
+            if exact:
+                query, args = query + f" WHERE path IN ({','.join('?' * len(paths))})", [str(p) for p in paths]
+            elif under:  # the primary key's range of the folder, not every file ever hashed
                 prefix = os.path.join(under, "")
                 query, args = query + " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + chr(ord(os.sep) + 1))
             with _lock:
@@ -156,12 +160,40 @@ def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any =
     return files_version(by_rel), by_rel
 
 
-def known_hashes(root: str | Path, cache: HashCache) -> tuple[dict[str, str | None], dict[str, tuple[int, int]]]:
+def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[int, int, str]] | None = None
+                 ) -> tuple[dict[str, str | None], dict[str, tuple[int, int]]]:
     """dataset_version's files without hashing any: (sha256 by relative path where the cache
     knows the file as it is now, else None; (size, mtime_ns) by relative path). For a reader
-    that hashes the rest while it reads them anyway (`HashCache.remember` stores them)."""
+    that hashes the rest while it reads them anyway (`HashCache.remember` stores them).
+
+    `recorded`: (size, mtime_ns, sha256) by relative path from the folder's previous scan (its
+    manifest); a file whose stat matches needs no cache lookup, so only the others are looked up."""
     base = os.path.abspath(root)
-    return cache.lookup(walk_files(base), under=base, strip=_relative_from(base))
+    strip = _relative_from(base)
+    paths = walk_files(base)
+    if recorded is None:
+        return cache.lookup(paths, under=base, strip=strip)
+    hashes: dict[str, str | None] = {}
+    stats: dict[str, tuple[int, int]] = {}
+    unknown = []
+    for path in paths:
+        st = os.stat(path)
+        rel = path[strip:] if os.sep == "/" else path[strip:].replace(os.sep, "/")
+        stats[rel] = stat = (st.st_size, st.st_mtime_ns)
+        hit = recorded.get(rel)
+        if hit is not None and hit[0] == stat[0] and hit[1] == stat[1]:
+            hashes[rel] = hit[2]
+        else:
+            hashes[rel] = None
+            unknown.append(path)
+    if unknown:  # the whole folder's rows when many changed, else those paths' rows
+        found, _ = cache.lookup(unknown, under=base if len(unknown) > LOOKUP_ONE_BY_ONE else None, strip=strip,
+                                exact=len(unknown) <= LOOKUP_ONE_BY_ONE)
+        hashes.update(found)
+    return hashes, stats
+
+
+LOOKUP_ONE_BY_ONE = 900  # paths looked up by name (old SQLite builds take 999 at most); more: the folder's rows
 
 
 def files_version(by_rel: dict[str, str]) -> str:

@@ -4,7 +4,6 @@ A folder under the raw root that is not a dataset gets one asset instead, which 
 the reason (naming the folder or the offending file), so the problem shows up in Dagster.
 """
 
-import itertools
 import json
 import os
 import re
@@ -35,7 +34,9 @@ from unified_pipeline.datasets import (
 )
 from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.errors import DatasetError
+from unified_pipeline.datasets.splits import split_settings
 from unified_pipeline.hashing import HashCache, combine, dataset_version, files_version, known_hashes
+from unified_pipeline.manifest_files import manifest_path, previous_scan, read_manifest, write_manifest
 from unified_pipeline.paths import unified_home
 from unified_pipeline.assets.quality_gate import stop_lane
 
@@ -66,34 +67,6 @@ def preprocess_config(settings: dict[str, Any], log: Any = None, facts_cache: An
     return cfg
 
 
-def manifest_path(dataset: str, version: str) -> Path:
-    return unified_home() / "manifests" / dataset / f"{version[:16]}.jsonl"
-
-
-MANIFEST_BLOCK = 8192  # lines parsed at once: bounded memory at any manifest size
-
-
-def read_manifest(path: str | Path, columns: tuple[str, ...] | None = None):
-    """The manifest as a DataFrame; `columns` keeps only those. Parsed a block of lines at a time
-    into one list per column: pandas' read_json holds a dict per row for the whole file, which at
-    180,000 rows was the tensors step's peak memory."""
-    import pandas as pd
-
-    values: dict[str, list] = {key: [] for key in columns or ()}
-    rows = 0
-    with open(path, encoding="utf-8") as fh:
-        while lines := list(itertools.islice(fh, MANIFEST_BLOCK)):
-            block = [line for line in lines if line.strip()]
-            records = json.loads("[" + ",".join(block) + "]")  # one parse per block, not per line
-            if columns is None:
-                for key in dict.fromkeys(k for r in records for k in r):
-                    values.setdefault(key, [None] * rows)  # a key earlier rows lacked: None there
-            for key, column in values.items():
-                column.extend(r.get(key) for r in records)
-            rows += len(records)
-    return pd.DataFrame(values, columns=list(columns) if columns else None)
-
-
 def lane_settings(ref: DatasetRef, settings: dict[str, Any]) -> dict[str, Any]:
     """The preset's settings for the kind, overridden by the dataset's own dataset.json."""
     return {**settings, **dataset_settings(ref.root)}
@@ -115,26 +88,35 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
         samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
         manifest = kind.build_manifest(ref.root, samples, cfg)
     path = manifest_path(ref.name, version)
-    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for start in range(0, len(manifest), MANIFEST_BLOCK):  # one block of JSON text in memory at a time
-            fh.write(manifest.iloc[start:start + MANIFEST_BLOCK].to_json(orient="records", lines=True,
-                                                                          force_ascii=False))
+    scanned = cfg.file_stats is not None  # (set by the kinds that hash while reading)
+    write_manifest(path, manifest, record={"root": os.path.abspath(ref.root), **split_settings(cfg), **manifest.attrs},
+                   extra={"mtime_ns": [cfg.file_stats[rel][1] for rel in manifest["path"].tolist()]} if scanned else None,
+                   scan_of=(ref.name, ref.root) if scanned else None)
     return version, manifest, path
 
 
 def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfig) -> tuple[str, Any]:
     """The kind's manifest, for a kind that hashes the files it reads (class folders): a file the
     hash cache does not know is hashed by the worker that decodes it, on every core, instead of
-    by this process alone first. Same version and hashes as dataset_version."""
+    by this process alone first. Same version and hashes as dataset_version.
+
+    A file whose size and mtime are those the folder's previous manifest recorded keeps that
+    manifest's hash, facts and split (cfg.previous); only the others are looked up or read."""
     cache = hash_cache()
-    by_rel, stats = known_hashes(ref.root, cache)
+    previous = previous_scan(ref.name, ref.root)
+    recorded = None
+    if previous is not None:
+        cols = previous["columns"]
+        recorded = {rel: (size, mtime, sha) for rel, size, mtime, sha in
+                    zip(cols["path"], cols["size"], cols["mtime_ns"], cols["sha256"])}
+    by_rel, stats = known_hashes(ref.root, cache, recorded)
     if by_rel.get(SETTINGS_FILE, "") is None:
         by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
     samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
-    cfg.file_sizes = {rel: size for rel, (size, _mtime) in stats.items()}
+    cfg.file_stats, cfg.previous = stats, previous or {}
     manifest = kind.build_manifest(ref.root, samples, cfg)
     base = os.path.abspath(ref.root)  # as the hash cache's paths are written
-    hashed = dict(zip(manifest["path"], manifest["sha256"]))
+    hashed = dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist()))  # (lists: a str Series iterates slowly)
     cache.remember([(os.path.join(base, rel), *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
     by_rel.update(hashed)
     return files_version(by_rel), manifest

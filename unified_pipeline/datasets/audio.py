@@ -102,7 +102,7 @@ class AudioKind:
     description = "audio clips in class sub-folders (wav/flac/ogg), any sample rate and channel count"
 
     # What write_tensors reads of a manifest (the tensors step reads no other column).
-    tensor_columns = ("sample_id", "path", "label", "sha256", "decodable", "error")
+    tensor_columns = ("sample_id", "path", "label", "sha256", "split", "decodable", "error")
 
     hashes_while_reading = True  # build_manifest takes None for a file's unknown hash, and computes it
 

@@ -4,6 +4,7 @@ the manifest columns every sample has, and the data version of a manifest.
 """
 from __future__ import annotations
 
+import operator
 import os
 from collections import Counter
 from pathlib import Path
@@ -114,26 +115,63 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
                           extra: tuple = (), rows_under: str | None = None) -> pd.DataFrame:
     """One row per file: the common columns, then what `read_facts(root, files, *extra)` reads from
     each file (None where it could not), typed, with the stratified split assigned. See file_facts
-    for `rows_under` and for hashes given as None."""
+    for `rows_under` and for hashes given as None. A file with the same path and hash in the
+    folder's previous manifest (cfg.previous, read by the same reader) keeps that row."""
     root = Path(root)
     rels = scan_class_folders(root, file_hashes, extensions, unit)
-    facts, hashes = file_facts(root, rels, file_hashes, read_facts, cfg, unit, extra, rows_under)
-    sizes = getattr(cfg, "file_sizes", None) or {}
-    base = {  # column by column: a dict per row cost 1 KB each at 180,000 files
-        "sample_id": rels, "path": rels, "label": [rel.split("/", 1)[0] for rel in rels],
-        "sha256": hashes,
-        "size": [sizes[rel] if rel in sizes else os.path.getsize(os.path.join(root, rel)) for rel in rels],
-        "split": None,  # set for the whole manifest by assign_splits (stratified per class)
+    reader = facts_reader(read_facts, extra)
+    earlier = _earlier_rows(cfg.previous, reader, columns, rels, file_hashes)
+    todo = [i for i, j in enumerate(earlier) if j is None]
+    facts, hashes = file_facts(root, [rels[i] for i in todo], file_hashes, read_facts, cfg, unit, extra, rows_under)
+    stats = getattr(cfg, "file_stats", None) or {}
+    fresh = {  # column by column: a dict per row cost 1 KB each at 180,000 files
+        "sample_id": [rels[i] for i in todo], "path": [rels[i] for i in todo],
+        "label": [rels[i].split("/", 1)[0] for i in todo], "sha256": hashes,
+        "size": [stats[rels[i]][0] if rels[i] in stats else os.path.getsize(os.path.join(root, rels[i])) for i in todo],
         "decodable": [f.get("decodable", True) for f in facts], "error": [f.get("error") for f in facts],
     }
-    df = pd.DataFrame({c: base[c] if c in base else [f.get(c) for f in facts] for c in columns}, columns=columns)
+    df = pd.DataFrame({c: _merged(earlier, todo, cfg.previous, c, fresh[c] if c in fresh else [f.get(c) for f in facts])
+                       for c in columns if c != "split"}, columns=columns)
     for col in int_columns:
         df[col] = df[col].astype("Int64")
     for col in float_columns:
         df[col] = df[col].astype("float64")
     df["decodable"] = df["decodable"].astype(bool)
-    df["split"] = assign_splits(df, cfg)
+    df["split"] = assign_splits(df, cfg, earlier=cfg.previous)
+    df.attrs["facts_reader"] = reader  # kept in the manifest's columns document, for the next build
     return df
+
+
+def facts_reader(read_facts: Callable, extra: tuple) -> str:
+    """What a file's facts depend on besides its content: the reader, its code and arguments."""
+    return hashing.combine(["facts", read_facts.__module__, read_facts.__qualname__,
+                            code_version(read_facts.__module__), repr(extra)])
+
+
+def _earlier_rows(previous: dict | None, reader: str, columns: list[str], rels: list[str],
+                  file_hashes: dict[str, str | None]) -> list[int | None]:
+    """Per file, its row in the previous manifest when that row holds (same path, same hash,
+    same reader), else None."""
+    if not previous or previous.get("facts_reader") != reader or not set(columns) <= previous["columns"].keys():
+        return [None] * len(rels)
+    cols = previous["columns"]
+    at = {rel: (j, sha) for j, (rel, sha) in enumerate(zip(cols["path"], cols["sha256"]))}
+    rows: list[int | None] = []
+    for rel in rels:
+        hit = at.get(rel)
+        rows.append(hit[0] if hit is not None and hit[1] == file_hashes[rel] else None)
+    return rows
+
+
+def _merged(earlier: list[int | None], todo: list[int], previous: dict | None, column: str, fresh: list) -> list:
+    """One column: the previous manifest's value where a row was kept, the fresh value elsewhere."""
+    if len(todo) == len(earlier):
+        return fresh
+    values = list(operator.itemgetter(*(0 if j is None else j for j in earlier))(previous["columns"][column])) \
+        if len(earlier) > 1 else [previous["columns"][column][earlier[0] or 0]]
+    for i, value in zip(todo, fresh):
+        values[i] = value
+    return values
 
 
 # Facts and rows stored at once. Each commit rewrites every index page it touched, and content-hash
@@ -154,8 +192,7 @@ def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str | None], 
     decoded the rows writes them to a pack file itself; only their places come back."""
     cache = getattr(cfg, "facts_cache", None)
     cache = PreprocessCache(None) if cache is None else cache  # (an empty cache is falsy: it has a len)
-    reader = hashing.combine(["facts", read_facts.__module__, read_facts.__qualname__,
-                              code_version(read_facts.__module__), repr(extra)])
+    reader = facts_reader(read_facts, extra)
     hashes = [file_hashes[rel] for rel in rels]
     keys = [entry_key(h, reader) if h is not None else None for h in hashes]
     known = cache.get_json(sorted({key for key in keys if key is not None}))
@@ -198,4 +235,4 @@ def refuse_undecodable(manifest: pd.DataFrame, root: Path) -> None:
 
 def data_version(manifest: pd.DataFrame) -> str:
     """Same digest as hashing.dataset_version when the manifest covers every file of the folder."""
-    return hashing.files_version(dict(zip(manifest["path"], manifest["sha256"])))
+    return hashing.files_version(dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist())))

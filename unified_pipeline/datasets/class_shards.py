@@ -35,7 +35,7 @@ from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_
 from unified_pipeline.datasets.row_packs import place_row
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
-from unified_pipeline.datasets.splits import SPLITS, assign_splits
+from unified_pipeline.datasets.splits import SPLITS, manifest_splits
 from unified_pipeline.step_progress import track
 
 
@@ -76,7 +76,7 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     classes = sorted(manifest["label"].unique())
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[c] for c in manifest["label"].tolist()], dtype=np.int64)
-    splits = assign_splits(manifest, cfg)
+    splits = manifest_splits(manifest, cfg)
     sample_ids = manifest["sample_id"].to_numpy()
     per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)
     report, plan, index = BuildReport(), [], {}

@@ -67,8 +67,11 @@ def _class_key(label: Any) -> Any:
 
 
 def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 0,
-                      fractions: dict[str, float] | None = None) -> list[str]:
-    """Split of each sample: the base rule, plus one content lent to each empty split of a class."""
+                      fractions: dict[str, float] | None = None, earlier: tuple | None = None) -> list[str]:
+    """Split of each sample: the base rule, plus one content lent to each empty split of a class.
+
+    `earlier`: (hashes, labels, splits) this function gave under the same seed and fractions; a
+    class holding the same contents as then keeps those splits without computing them again."""
     fractions = fractions or DEFAULT_FRACTIONS
     if len(hashes) != len(labels):
         raise ValueError(f"{len(hashes)} hashes but {len(labels)} labels")
@@ -77,12 +80,17 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
     by_class: dict[Any, set[str]] = defaultdict(set)
     for h, cls in zip(hashes, classes):
         by_class[cls].add(h)
+    before: dict[Any, dict[str, str]] = defaultdict(dict)
+    for h, label, split in zip(*(earlier or ((), (), ()))):
+        before[_class_key(label)][h] = split
     placed: dict[tuple[Any, str], str] = {}
     for cls, contents in by_class.items():
-        score = {h: split_score(h, seed) for h in contents}
-        split = {h: _split_for_score(u, fractions) for h, u in score.items()}
-        if len(contents) >= len(wanted) and not set(wanted) <= set(split.values()):
-            _lend(split, score, wanted)
+        split = before.get(cls)
+        if split is None or split.keys() != contents:
+            score = {h: split_score(h, seed) for h in contents}
+            split = {h: _split_for_score(u, fractions) for h, u in score.items()}
+            if len(contents) >= len(wanted) and not set(wanted) <= set(split.values()):
+                _lend(split, score, wanted)
         placed.update({(cls, h): s for h, s in split.items()})
     return [placed[(cls, h)] for h, cls in zip(hashes, classes)]
 
@@ -98,10 +106,27 @@ def _lend(split: dict[str, str], score: dict[str, float], wanted: list[str]) -> 
             split[members[donor][0][1]] = missing
 
 
-def assign_splits(manifest, cfg) -> np.ndarray:
-    """Stratified split of each manifest row (columns sha256 and label) under cfg.seed and cfg.fractions."""
-    return np.array(stratified_splits(manifest["sha256"].tolist(), manifest["label"].tolist(), cfg.seed, cfg.fractions),
-                    dtype=object)
+def split_settings(cfg) -> dict[str, Any]:
+    """What a manifest's splits depend on besides the hashes and labels."""
+    return {"split_seed": cfg.seed, "split_fractions": dict(cfg.fractions)}
+
+
+def assign_splits(manifest, cfg, earlier: Any = None) -> np.ndarray:
+    """Stratified split of each manifest row (columns sha256 and label) under cfg.seed and cfg.fractions.
+    `earlier`: a previous manifest's columns document; its splits are kept where they still hold."""
+    reuse = None
+    if earlier and {k: earlier.get(k) for k in split_settings(cfg)} == split_settings(cfg):
+        reuse = tuple(earlier["columns"][c] for c in ("sha256", "label", "split"))
+    return np.array(stratified_splits(manifest["sha256"].tolist(), manifest["label"].tolist(), cfg.seed, cfg.fractions,
+                                      earlier=reuse), dtype=object)
+
+
+def manifest_splits(manifest, cfg) -> np.ndarray:
+    """The manifest's own split column when it was assigned under cfg's settings (read_manifest
+    puts them in `attrs`), else the splits assigned again."""
+    if "split" in manifest and {k: manifest.attrs.get(k) for k in split_settings(cfg)} == split_settings(cfg):
+        return manifest["split"].to_numpy(dtype=object)
+    return assign_splits(manifest, cfg)
 
 
 def hash_splits(hashes, cfg) -> np.ndarray:

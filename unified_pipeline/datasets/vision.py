@@ -52,7 +52,7 @@ class VisionKind:
     description = "images in class sub-folders (png/jpg/jpeg/bmp/webp), ImageFolder layout"
 
     # What write_tensors reads of a manifest (the tensors step reads no other column).
-    tensor_columns = ("sample_id", "path", "label", "sha256", "decodable", "error", "mode", "width", "height")
+    tensor_columns = ("sample_id", "path", "label", "sha256", "split", "decodable", "error", "mode", "width", "height")
 
     hashes_while_reading = True  # build_manifest takes None for a file's unknown hash, and computes it
 

@@ -1,0 +1,134 @@
+"""Manifest files: the JSON-lines manifest people and tools read, and beside it the same columns
+as one JSON document (`<name>.columns.json`) that the tensors step and the next manifest build
+read in milliseconds: parsing the lines cost 0.12 s at 18,000 files, on every build.
+
+The columns document of a folder's newest manifest also records the folder and each file's
+mtime. The next build of that folder stats every file and takes a file whose size and mtime
+are the recorded ones as unchanged, with its hash, facts and split, as git's index does;
+only the other files are looked up in the caches, hashed or read.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unified_pipeline import atomic, hashing
+from unified_pipeline.paths import unified_home
+
+COLUMNS_SUFFIX = ".columns.json"
+COLUMNS_FORMAT = 1
+LINES_BLOCK = 8192  # rows per block of JSON text, written or parsed at once: bounded memory at any size
+
+
+def manifest_path(dataset: str, version: str) -> Path:
+    return unified_home() / "manifests" / dataset / f"{version[:16]}.jsonl"
+
+
+def columns_path(manifest: str | Path) -> Path:
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.stem + COLUMNS_SUFFIX)
+
+
+def _scan_pointer(dataset: str, root: str | Path) -> Path:
+    """Names the newest manifest built from this folder (one per folder: a dataset name may be
+    reused for another folder, e.g. in tests)."""
+    return unified_home() / "manifests" / dataset / f"scan-{hashing.combine([os.path.abspath(root)])[:12]}.json"
+
+
+def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | None = None,
+                   extra: dict[str, list] | None = None, scan_of: tuple[str, str | Path] | None = None) -> None:
+    """The lines file, then its columns document: a head line (`record`, e.g. split settings),
+    then one line per column, the manifest's and `extra`'s (e.g. mtimes), so a reader parses
+    only the columns it wants. `scan_of` = (dataset, folder) makes it the folder's newest
+    manifest for the next build."""
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for start in range(0, len(manifest), LINES_BLOCK):  # one block of JSON text in memory at a time
+            fh.write(manifest.iloc[start:start + LINES_BLOCK].to_json(orient="records", lines=True,
+                                                                       force_ascii=False))
+    head = {**(record or {}), "format": COLUMNS_FORMAT, "rows": len(manifest), "lines_bytes": path.stat().st_size,
+            "manifest_columns": list(manifest.columns)}
+    with atomic.atomic_path(columns_path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(head, allow_nan=False) + "\n")
+        for name, values in [*((col, _plain(manifest[col])) for col in manifest.columns), *(extra or {}).items()]:
+            fh.write(f"{json.dumps(name)}\t{json.dumps(values, allow_nan=False, default=atomic.json_default)}\n")
+    if scan_of:
+        atomic.write_text(_scan_pointer(*scan_of), json.dumps({"manifest": path.name}))
+
+
+def _plain(column: pd.Series) -> list:
+    """The column's values as the lines file gives them back: missing ones (None, NaN, NA) as null."""
+    if column.dtype == object or not column.hasnans:
+        values = column.tolist()
+        return [None if v is pd.NA or (type(v) is float and v != v) else v for v in values] \
+            if column.dtype == object else values
+    return column.astype(object).where(column.notna(), None).tolist()
+
+
+def read_columns(path: str | Path, columns: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The head of this manifest's columns document, its `columns` (all, or these) parsed into
+    head["columns"]; None when it is missing, unreadable, lacks one of them or is not the lines
+    file's (written by an older build, or by a build that stopped between the two)."""
+    try:
+        with open(columns_path(path), encoding="utf-8") as fh:
+            head = json.loads(fh.readline())
+            if not isinstance(head, dict) or head.get("format") != COLUMNS_FORMAT or \
+                    head.get("lines_bytes") != Path(path).stat().st_size:
+                return None
+            found = {}
+            for line in fh:
+                name, _, values = line.partition("\t")
+                name = json.loads(name)
+                if columns is None or name in columns:
+                    found[name] = json.loads(values)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if any(col not in found or len(found[col]) != head.get("rows") for col in columns or found):
+        return None
+    return {**head, "columns": found}
+
+
+def previous_scan(dataset: str, root: str | Path) -> dict[str, Any] | None:
+    """The columns document of the newest manifest built from this folder, with its mtimes."""
+    try:
+        name = json.loads(_scan_pointer(dataset, root).read_text(encoding="utf-8"))["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    doc = read_columns(manifest_path(dataset, "x").with_name(str(name)))
+    if doc is None or doc.get("root") != os.path.abspath(root) or "mtime_ns" not in doc["columns"]:
+        return None
+    return doc
+
+
+def read_manifest(path: str | Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The manifest as a DataFrame; `columns` keeps only those. From the columns document when
+    it matches the file (its record, e.g. split settings, goes to `attrs`), else from the lines."""
+    doc = read_columns(path, columns)
+    if doc is not None:
+        found = doc.pop("columns")
+        df = pd.DataFrame({col: found[col] for col in columns or doc["manifest_columns"]})
+        df.attrs.update(doc)
+        return df
+    return _read_lines(path, columns)
+
+
+def _read_lines(path: str | Path, columns: tuple[str, ...] | None) -> pd.DataFrame:
+    """Parsed a block of lines at a time into one list per column: pandas' read_json holds a dict
+    per row for the whole file, which at 180,000 rows was the tensors step's peak memory."""
+    values: dict[str, list] = {key: [] for key in columns or ()}
+    rows = 0
+    with open(path, encoding="utf-8") as fh:
+        while lines := list(itertools.islice(fh, LINES_BLOCK)):
+            block = [line for line in lines if line.strip()]
+            records = json.loads("[" + ",".join(block) + "]")  # one parse per block, not per line
+            if columns is None:
+                for key in dict.fromkeys(k for r in records for k in r):
+                    values.setdefault(key, [None] * rows)  # a key earlier rows lacked: None there
+            for key, column in values.items():
+                column.extend(r.get(key) for r in records)
+            rows += len(records)
+    return pd.DataFrame(values, columns=list(columns) if columns else None)
