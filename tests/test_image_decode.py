@@ -42,13 +42,15 @@ def test_a_truncated_png_is_refused_with_pils_error(tmp_path):
     assert facts["decodable"] is False and "truncated" in facts["error"]
 
 
-def test_worker_processes_decode_what_one_process_does(tmp_path):
+def test_worker_processes_decode_what_one_process_does(tmp_path, monkeypatch):
+    from unified_pipeline.datasets import decode_workers
     from unified_pipeline.datasets.decode_workers import decode_all, decode_images
     from unified_pipeline.datasets.facts_readers import image_facts
 
+    monkeypatch.setattr(decode_workers, "TASK_FILES", 32)
     rng = np.random.default_rng(1)
     rels = []
-    for i in range(70):  # two tasks of 64 files
+    for i in range(70):  # three tasks
         Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / f"{i:03d}.png")
         rels.append(f"{i:03d}.png")
     (tmp_path / "bad.png").write_bytes(b"broken")

@@ -85,11 +85,13 @@ def test_a_rebuild_reads_only_changed_files_and_equals_a_build_from_scratch(home
     version, manifest, path = build_manifest(ref)
     assert read == [["a/001.png", "b/002.png", "b/new.png"]]  # (a touched file is read again to hash it)
     assert looked_up == [["001.png", "002.png", "new.png"]]  # by name; the unchanged ones not at all
+    assert_frame_equal(read_manifest(path), manifest_files._read_lines(path, None))
+    lines = path.read_bytes()  # unchanged rows' lines copied from the previous file
     shutil.rmtree(home / "manifests")  # from scratch: no previous manifest
-    version2, scratch, _ = build_manifest(ref)
+    version2, scratch, path2 = build_manifest(ref)
     assert version == version2 == dataset_version(root)[0]
     assert_frame_equal(manifest, scratch)
-    assert_frame_equal(read_manifest(path), manifest_files._read_lines(path, None))
+    assert path2.read_bytes() == lines
 
 
 def test_another_folder_of_the_same_name_is_not_taken_for_the_previous_one(home):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,18 @@ from unified_pipeline.paths import unified_home
 COLUMNS_SUFFIX = ".columns.json"
 COLUMNS_FORMAT = 1
 LINES_BLOCK = 8192  # rows per block of JSON text, written or parsed at once: bounded memory at any size
+
+
+@dataclass
+class FolderScan:
+    """What one manifest build knows of its folder beyond the files' hashes: each file's (size,
+    mtime_ns) and the folder's previous manifest (previous_scan), and what the kind's manifest
+    leaves for the writing: the facts reader, and per row its line in the previous lines file."""
+
+    stats: dict[str, tuple[int, int]]
+    previous: dict[str, Any] | None = None
+    facts_reader: str | None = None
+    same_lines: list[int | None] | None = None
 
 
 def manifest_path(dataset: str, version: str) -> Path:
@@ -41,15 +54,22 @@ def _scan_pointer(dataset: str, root: str | Path) -> Path:
 
 
 def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | None = None,
-                   extra: dict[str, list] | None = None, scan_of: tuple[str, str | Path] | None = None) -> None:
+                   extra: dict[str, list] | None = None, scan_of: tuple[str, str | Path] | None = None,
+                   lines_from: tuple[str, list[int | None]] | None = None) -> None:
     """The lines file, then its columns document: a head line (`record`, e.g. split settings),
     then one line per column, the manifest's and `extra`'s (e.g. mtimes), so a reader parses
     only the columns it wants. `scan_of` = (dataset, folder) makes it the folder's newest
-    manifest for the next build."""
-    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for start in range(0, len(manifest), LINES_BLOCK):  # one block of JSON text in memory at a time
-            fh.write(manifest.iloc[start:start + LINES_BLOCK].to_json(orient="records", lines=True,
-                                                                       force_ascii=False))
+    manifest for the next build. `lines_from` = (an earlier lines file, per row the number of
+    that file's line holding the same row, or None): those lines are copied, not encoded again."""
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        earlier = _earlier_lines(*lines_from) if lines_from else None
+        if earlier is None:
+            for start in range(0, len(manifest), LINES_BLOCK):  # one block of JSON text in memory at a time
+                fh.write(_lines(manifest.iloc[start:start + LINES_BLOCK]))
+        else:
+            rows = lines_from[1]
+            fresh = iter(_lines(manifest.iloc[[i for i, j in enumerate(rows) if j is None]]).split(b"\n"))
+            fh.write(b"".join(earlier[j] if j is not None else next(fresh) + b"\n" for j in rows))
     head = {**(record or {}), "format": COLUMNS_FORMAT, "rows": len(manifest), "lines_bytes": path.stat().st_size,
             "manifest_columns": list(manifest.columns)}
     with atomic.atomic_path(columns_path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -58,6 +78,24 @@ def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | 
             fh.write(f"{json.dumps(name)}\t{json.dumps(values, allow_nan=False, default=atomic.json_default)}\n")
     if scan_of:
         atomic.write_text(_scan_pointer(*scan_of), json.dumps({"manifest": path.name}))
+
+
+def _lines(rows: pd.DataFrame) -> bytes:
+    return rows.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8") if len(rows) else b""
+
+
+def _earlier_lines(path: str, rows: list[int | None]) -> list[bytes] | None:
+    """The lines (each with its newline) of an earlier lines file that holds every row `rows`
+    names; None when it is gone or has fewer lines."""
+    try:
+        lines = Path(path).read_bytes().split(b"\n")  # (UTF-8: no other character holds the newline byte)
+    except OSError:
+        return None
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if max((j for j in rows if j is not None), default=-1) >= len(lines):
+        return None
+    return [line + b"\n" for line in lines]
 
 
 def _plain(column: pd.Series) -> list:
@@ -98,10 +136,11 @@ def previous_scan(dataset: str, root: str | Path) -> dict[str, Any] | None:
         name = json.loads(_scan_pointer(dataset, root).read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    doc = read_columns(manifest_path(dataset, "x").with_name(str(name)))
+    lines = manifest_path(dataset, "x").with_name(str(name))
+    doc = read_columns(lines)
     if doc is None or doc.get("root") != os.path.abspath(root) or "mtime_ns" not in doc["columns"]:
         return None
-    return doc
+    return {**doc, "lines_path": str(lines)}
 
 
 def read_manifest(path: str | Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.datasets.splits import split_settings
 from unified_pipeline.hashing import HashCache, combine, dataset_version, files_version, known_hashes
-from unified_pipeline.manifest_files import manifest_path, previous_scan, read_manifest, write_manifest
+from unified_pipeline.manifest_files import FolderScan, manifest_path, previous_scan, read_manifest, write_manifest
 from unified_pipeline.paths import unified_home
 from unified_pipeline.assets.quality_gate import stop_lane
 
@@ -88,10 +88,12 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
         samples = {rel: h for rel, h in file_hashes.items() if rel != SETTINGS_FILE}  # settings, not data
         manifest = kind.build_manifest(ref.root, samples, cfg)
     path = manifest_path(ref.name, version)
-    scanned = cfg.file_stats is not None  # (set by the kinds that hash while reading)
-    write_manifest(path, manifest, record={"root": os.path.abspath(ref.root), **split_settings(cfg), **manifest.attrs},
-                   extra={"mtime_ns": [cfg.file_stats[rel][1] for rel in manifest["path"].tolist()]} if scanned else None,
-                   scan_of=(ref.name, ref.root) if scanned else None)
+    scan = cfg.scan  # (set for the kinds that hash while reading)
+    write_manifest(path, manifest, record={"root": os.path.abspath(ref.root), **split_settings(cfg),
+                                           **({"facts_reader": scan.facts_reader} if scan else {})},
+                   extra={"mtime_ns": [scan.stats[rel][1] for rel in manifest["path"].tolist()]} if scan else None,
+                   scan_of=(ref.name, ref.root) if scan else None,
+                   lines_from=(scan.previous["lines_path"], scan.same_lines) if scan and scan.same_lines else None)
     return version, manifest, path
 
 
@@ -101,7 +103,7 @@ def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfi
     by this process alone first. Same version and hashes as dataset_version.
 
     A file whose size and mtime are those the folder's previous manifest recorded keeps that
-    manifest's hash, facts and split (cfg.previous); only the others are looked up or read."""
+    manifest's hash, facts and split (cfg.scan); only the others are looked up or read."""
     cache = hash_cache()
     previous = previous_scan(ref.name, ref.root)
     recorded = None
@@ -113,11 +115,11 @@ def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfi
     if by_rel.get(SETTINGS_FILE, "") is None:
         by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
     samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
-    cfg.file_stats, cfg.previous = stats, previous or {}
+    cfg.scan = FolderScan(stats, previous)
     manifest = kind.build_manifest(ref.root, samples, cfg)
-    base = os.path.abspath(ref.root)  # as the hash cache's paths are written
+    base = os.path.join(os.path.abspath(ref.root), "")  # as the hash cache's paths are written
     hashed = dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist()))  # (lists: a str Series iterates slowly)
-    cache.remember([(os.path.join(base, rel), *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
+    cache.remember([(base + rel, *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
     by_rel.update(hashed)
     return files_version(by_rel), manifest
 

@@ -41,10 +41,9 @@ class PreprocessConfig:
     log: Any = field(default=None, compare=False, repr=False)
     # Where per-file facts read for a manifest are remembered (a PreprocessCache; None: nowhere).
     facts_cache: Any = field(default=None, compare=False, repr=False)
-    # Each file's (size, mtime_ns) by relative path, when the caller has already stat'ed them.
-    file_stats: Any = field(default=None, compare=False, repr=False)
-    # The folder's previous manifest (manifest_files.previous_scan): rows of unchanged files are taken from it.
-    previous: Any = field(default=None, compare=False, repr=False)
+    # The files' stats and the folder's previous manifest (manifest_files.FolderScan), when the
+    # caller has them: a kind takes an unchanged file's row from that manifest.
+    scan: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

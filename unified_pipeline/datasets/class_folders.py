@@ -15,7 +15,7 @@ import pandas as pd
 from unified_pipeline import hashing
 from unified_pipeline.code_version import code_version
 from unified_pipeline.datasets.decode_workers import decode_all
-from unified_pipeline.datasets.facts_readers import ROW_FIELD, SHA_FIELD, read_files
+from unified_pipeline.datasets.facts_readers import JSON_FIELD, ROW_FIELD, SHA_FIELD, read_files
 from unified_pipeline.datasets.preprocess_cache import PreprocessCache, entry_key
 from unified_pipeline.datasets.row_packs import PackedRow
 from unified_pipeline.errors import DatasetError
@@ -116,29 +116,36 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     """One row per file: the common columns, then what `read_facts(root, files, *extra)` reads from
     each file (None where it could not), typed, with the stratified split assigned. See file_facts
     for `rows_under` and for hashes given as None. A file with the same path and hash in the
-    folder's previous manifest (cfg.previous, read by the same reader) keeps that row."""
+    folder's previous manifest (cfg.scan, read by the same reader) keeps that row."""
     root = Path(root)
     rels = scan_class_folders(root, file_hashes, extensions, unit)
     reader = facts_reader(read_facts, extra)
-    earlier = _earlier_rows(cfg.previous, reader, columns, rels, file_hashes)
+    scan = getattr(cfg, "scan", None)
+    previous = scan.previous if scan else None
+    earlier = _earlier_rows(previous, reader, columns, rels, file_hashes)
     todo = [i for i, j in enumerate(earlier) if j is None]
     facts, hashes = file_facts(root, [rels[i] for i in todo], file_hashes, read_facts, cfg, unit, extra, rows_under)
-    stats = getattr(cfg, "file_stats", None) or {}
+    stats = scan.stats if scan else {}
     fresh = {  # column by column: a dict per row cost 1 KB each at 180,000 files
         "sample_id": [rels[i] for i in todo], "path": [rels[i] for i in todo],
         "label": [rels[i].split("/", 1)[0] for i in todo], "sha256": hashes,
         "size": [stats[rels[i]][0] if rels[i] in stats else os.path.getsize(os.path.join(root, rels[i])) for i in todo],
         "decodable": [f.get("decodable", True) for f in facts], "error": [f.get("error") for f in facts],
     }
-    df = pd.DataFrame({c: _merged(earlier, todo, cfg.previous, c, fresh[c] if c in fresh else [f.get(c) for f in facts])
+    take = _taker(earlier, todo)
+    df = pd.DataFrame({c: _merged(take, todo, previous, c, fresh[c] if c in fresh else [f.get(c) for f in facts])
                        for c in columns if c != "split"}, columns=columns)
     for col in int_columns:
         df[col] = df[col].astype("Int64")
     for col in float_columns:
         df[col] = df[col].astype("float64")
     df["decodable"] = df["decodable"].astype(bool)
-    df["split"] = assign_splits(df, cfg, earlier=cfg.previous)
-    df.attrs["facts_reader"] = reader  # kept in the manifest's columns document, for the next build
+    df["split"] = assign_splits(df, cfg, earlier=previous)
+    if scan:  # kept in the manifest's columns document, for the next build
+        scan.facts_reader = reader
+    if scan and take is not None:  # a kept row whose split held is the previous manifest's line, as it was
+        before = previous["columns"]["split"]
+        scan.same_lines = [j if j is not None and before[j] == s else None for j, s in zip(earlier, df["split"].tolist())]
     return df
 
 
@@ -163,12 +170,20 @@ def _earlier_rows(previous: dict | None, reader: str, columns: list[str], rels: 
     return rows
 
 
-def _merged(earlier: list[int | None], todo: list[int], previous: dict | None, column: str, fresh: list) -> list:
-    """One column: the previous manifest's value where a row was kept, the fresh value elsewhere."""
+def _taker(earlier: list[int | None], todo: list[int]) -> Callable[[list], list] | None:
+    """Picks, from a previous column, the value of each kept row (anything where a row is new);
+    None when no row is kept."""
     if len(todo) == len(earlier):
+        return None
+    pick = operator.itemgetter(*(0 if j is None else j for j in earlier))
+    return (lambda column: list(pick(column))) if len(earlier) > 1 else (lambda column: [pick(column)])
+
+
+def _merged(take: Callable | None, todo: list[int], previous: dict | None, column: str, fresh: list) -> list:
+    """One column: the previous manifest's value where a row was kept, the fresh value elsewhere."""
+    if take is None:
         return fresh
-    values = list(operator.itemgetter(*(0 if j is None else j for j in earlier))(previous["columns"][column])) \
-        if len(earlier) > 1 else [previous["columns"][column][earlier[0] or 0]]
+    values = take(previous["columns"][column])
     for i, value in zip(todo, fresh):
         values[i] = value
     return values
@@ -206,19 +221,20 @@ def file_facts(root: Path, rels: list[str], file_hashes: dict[str, str | None], 
                         strict=True):
         row = facts.pop(ROW_FIELD, None)
         digest = facts.pop(SHA_FIELD, None)
+        text = facts.pop(JSON_FIELD)
         if hashes[i] is None:
             hashes[i] = digest
             keys[i] = entry_key(digest, reader)
         if isinstance(row, PackedRow):
             placed.append((entry_key(hashes[i], rows_under), 0, row))
         out[i] = facts
-        fresh.append((keys[i], facts))
+        fresh.append((keys[i], text))
         if len(fresh) >= PUT_EVERY:  # stored while the workers decode on, not all at the end
             cache.add_packed(placed)
-            cache.put_json(fresh)
+            cache.put_json_texts(fresh)
             fresh, placed = [], []
     cache.add_packed(placed)
-    cache.put_json(fresh)
+    cache.put_json_texts(fresh)
     cache.prune()
     return [out[i] if i in out else known[key] for i, key in enumerate(keys)], hashes
 

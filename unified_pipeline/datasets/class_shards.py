@@ -117,7 +117,7 @@ def write_class_index(out: Path, codec: Codec, report: BuildReport, decode: dict
                       for split, entries in report.index.items()})
 
 
-WRITERS = 2  # shards being written at once
+WRITERS = 3  # shards being written at once: a shard's fsync waits on the disk while the others compute
 
 
 def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[str], labels: np.ndarray,

@@ -6,6 +6,7 @@ a kind's module brings in torch and pandas, which cost each worker seconds befor
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from unified_pipeline.hashing import sha256_file
 GRAY_MODES = ("1", "L")
 ROW_FIELD = "_row"  # a decoded tensor row a facts reader may return beside the facts
 SHA_FIELD = "_sha256"  # the file's content hash, when the worker hashed it
+JSON_FIELD = "_json"  # the facts as JSON text, for the cache: dumped in the workers, not the step's process
 _WAV_SHORT = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
 
@@ -86,8 +88,17 @@ IN_MEMORY_FILE_BYTES = 1 << 20  # a bigger file is hashed as a stream and decode
 
 
 def _small_file(path: str) -> bytes | None:
-    with open(path, "rb") as fh:
-        data = fh.read(IN_MEMORY_FILE_BYTES + 1)
+    """The file's bytes, or None when it holds more than IN_MEMORY_FILE_BYTES. Read for its size
+    (a read of the limit allocated 1 MB per file: 33 µs a 32x32 PNG, against 7 µs), then on to
+    the end, in case it grew meanwhile."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, min(size, IN_MEMORY_FILE_BYTES) + 1)
+        while len(data) <= IN_MEMORY_FILE_BYTES and (more := os.read(fd, IN_MEMORY_FILE_BYTES + 1 - len(data))):
+            data += more
+    finally:
+        os.close(fd)
     return data if len(data) <= IN_MEMORY_FILE_BYTES else None
 
 
@@ -95,7 +106,8 @@ def read_files(root: str, rels: list[str], read_facts, packs: str | None, hash_t
     """read_facts(root, rels, *extra), run in a worker: with each file's sha256 (SHA_FIELD) when
     `hash_them`, so a new file is read on every core and hashed there, not first hashed in the
     step's process alone; and with the tensor rows it returns written to one pack in `packs` by
-    the worker itself (each ROW_FIELD becomes the row's PackedRow), so they never cross a pipe."""
+    the worker itself (each ROW_FIELD becomes the row's PackedRow), so they never cross a pipe;
+    and with the facts' JSON text (JSON_FIELD) the cache stores."""
     digests, contents = None, None
     if hash_them:  # each file read once: hashed, and decoded from the same bytes
         paths = [os.path.join(root, rel) for rel in rels]  # strings: pathlib cost 10 µs a file here
@@ -106,6 +118,8 @@ def read_files(root: str, rels: list[str], read_facts, packs: str | None, hash_t
     if digests is not None:
         for f, digest in zip(facts, digests, strict=True):
             f[SHA_FIELD] = digest
+    for f in facts:
+        f[JSON_FIELD] = json.dumps({k: v for k, v in f.items() if not k.startswith("_")})
     with_row = [f for f in facts if ROW_FIELD in f]
     if packs is None:
         for f in with_row:

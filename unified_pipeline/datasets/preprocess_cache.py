@@ -120,24 +120,10 @@ class PreprocessCache:
             if pack is not None:
                 by_pack.setdefault(pack, []).append((key, aux, place))
         for pack, rows in by_pack.items():
-            try:
-                fd = os.open(self.pack_folder / pack, os.O_RDONLY)
-            except FileNotFoundError:  # pruned meanwhile by another build: a miss
-                continue
-            try:  # one read of the span this shard needs (a row at a time cost 8 µs a row)
-                start = min(place[0] for _key, _aux, place in rows)
-                span = os.pread(fd, max(place[0] + place[3] for _key, _aux, place in rows) - start, start)
-            finally:
-                os.close(fd)
-            for key, aux, (offset, dtype, shape, nbytes) in rows:
+            for key, _aux, (_offset, dtype, shape, _nbytes) in rows:
                 if tuple(shape) != out.shape[1:] or np.dtype(dtype) != out.dtype:
                     raise ValueError(f"cached row {key} is {dtype}{list(shape)}, expected {out.dtype}{list(out.shape[1:])}")
-                if offset - start + nbytes > len(span):
-                    break  # cut short by a crash: the whole pack counts as a miss
-                row = np.frombuffer(span, dtype=out.dtype, count=nbytes // out.itemsize, offset=offset - start)
-                for i in positions[key]:
-                    out[i] = row.reshape(shape)
-            else:
+            if _read_runs(self.pack_folder / pack, sorted(rows, key=lambda r: r[2][0]), positions, out):
                 aux_of.update((key, aux) for key, aux, _place in rows)
         return aux_of
 
@@ -231,13 +217,17 @@ class PreprocessCache:
         return dict(zip(found, json.loads(b"[" + b",".join(data) + b"]")))  # one parse
 
     def put_json(self, items: Iterable[tuple[str, object]]) -> None:
+        self.put_json_texts((key, json.dumps(value)) for key, value in items)
+
+    def put_json_texts(self, items: Iterable[tuple[str, str]]) -> None:
+        """put_json of values already dumped to JSON text (e.g. by the worker that read them)."""
         db = self._db()
         if db is None:
             return
         now = time.time()
         rows = []
-        for key, value in items:
-            data = json.dumps(value).encode()
+        for key, text in items:
+            data = text.encode()
             rows.append((key, "|u1", str(len(data)), 0, data, len(data), now))
         with atomic.transaction(db):  # kept in SQLite whatever the total: a fact is read alone, by key
             db.executemany("INSERT OR REPLACE INTO entries (key, dtype, shape, aux, data, nbytes, used) "
@@ -304,3 +294,39 @@ def default_cache() -> PreprocessCache:
     from unified_pipeline.paths import unified_home
 
     return PreprocessCache(unified_home() / "cache" / "preprocessed.sqlite")
+
+
+def _read_runs(path: Path, rows: list[tuple], positions: dict[str, list[int]], out: np.ndarray) -> bool:
+    """The rows (key, aux, place), sorted by offset, read from one pack straight into their
+    first position in `out` (one preadv per run of adjacent rows: a shard takes some of a
+    pack's rows, and reading the pack's whole span read each pack once per split), then copied
+    to any other position. False when the pack is gone (pruned meanwhile) or cut short (a crash):
+    its rows count as misses."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        run, start, end = [], 0, 0
+        for key, _aux, (offset, _dtype, _shape, nbytes) in [*rows, (None, None, (-1, None, None, 0))]:
+            if run and (offset != end or len(run) == RUN_BUFFERS):
+                if os.preadv(fd, run, start) != end - start:
+                    return False
+                run = []
+            if key is None:
+                break
+            if not run:
+                start = end = offset
+            run.append(memoryview(out[positions[key][0]]).cast("B"))
+            end += nbytes
+    finally:
+        os.close(fd)
+    for key, _aux, _place in rows:
+        first, *more = positions[key]
+        for i in more:
+            out[i] = out[first]
+    return True
+
+
+RUN_BUFFERS = 512  # buffers per preadv (the system takes at most IOV_MAX, 1,024 on Linux)
+

@@ -57,6 +57,22 @@ def _split_for_score(u: float, fractions: dict[str, float]) -> str:
     return SPLITS[-1]
 
 
+def _scores(hashes: list[str], seed: int) -> np.ndarray:
+    """split_score of each hash, at once (the same numbers: u64 / 2**64 is exact after rounding to float)."""
+    digests = b"".join(hashlib.sha256(f"{seed}:{h}".encode()).digest()[:8] for h in hashes)
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2**64
+
+
+def _splits_for_scores(scores: np.ndarray, fractions: dict[str, float]) -> list[str]:
+    """_split_for_score of each score, at once."""
+    edges, edge = [], 0.0
+    for name in SPLITS:
+        edge += fractions[name]  # summed as _split_for_score sums them, so the edges are the same floats
+        edges.append(edge)
+    at = np.searchsorted(np.array(edges[:-1]), scores, side="right")  # first edge above the score; else the last
+    return [SPLITS[i] for i in at.tolist()]
+
+
 def _class_key(label: Any) -> Any:
     if type(label) is str:  # the usual case, and pandas' NA tests cost more than the rest of a split
         return label
@@ -87,10 +103,11 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
     for cls, contents in by_class.items():
         split = before.get(cls)
         if split is None or split.keys() != contents:
-            score = {h: split_score(h, seed) for h in contents}
-            split = {h: _split_for_score(u, fractions) for h, u in score.items()}
+            members = list(contents)
+            scores = _scores(members, seed)
+            split = dict(zip(members, _splits_for_scores(scores, fractions)))
             if len(contents) >= len(wanted) and not set(wanted) <= set(split.values()):
-                _lend(split, score, wanted)
+                _lend(split, dict(zip(members, scores.tolist())), wanted)
         placed.update({(cls, h): s for h, s in split.items()})
     return [placed[(cls, h)] for h, cls in zip(hashes, classes)]
 
