@@ -34,6 +34,18 @@ def test_a_big_batch_goes_to_one_pack_and_reads_back_equal(tmp_path):
     assert np.array_equal(out[0], rows[5][1]) and np.array_equal(out[2], rows[5][1]) and np.array_equal(out[1], rows[9][1])
 
 
+def test_rows_of_a_pack_that_mixes_shapes_read_back_equal(tmp_path):
+    cache = PreprocessCache(tmp_path / "c.sqlite")
+    small, big = _rows(30, seed=3, shape=(5,)), _rows(30, seed=4)
+    mixed = [row for pair in zip(small, big) for row in pair]  # offsets of the big rows: not multiples of theirs
+    cache.put_many(mixed)
+    assert len(list(cache.pack_folder.iterdir())) == 1
+    out = np.zeros((3, 3, 32, 32), dtype=np.uint8)
+    positions = {big[7][0]: [2], big[20][0]: [0, 1]}
+    assert cache.read_into(cache.locate(list(positions)), positions, out) == {big[7][0]: 7, big[20][0]: 20}
+    assert np.array_equal(out[2], big[7][1]) and np.array_equal(out[0], big[20][1]) and np.array_equal(out[1], big[20][1])
+
+
 def test_a_small_batch_stays_in_sqlite(tmp_path):
     cache = PreprocessCache(tmp_path / "c.sqlite")
     rows = _rows(3, shape=(4,))

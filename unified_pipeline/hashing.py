@@ -7,6 +7,7 @@ files only costs a stat() each.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import sqlite3
 import threading
@@ -134,7 +135,7 @@ def walk_files(root: str | Path) -> list[str]:
 
     def visit(folder: str) -> None:
         with os.scandir(folder) as it:
-            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=_NAME)
         folders = []
         for e in entries:
             if e.is_dir():
@@ -149,6 +150,9 @@ def walk_files(root: str | Path) -> list[str]:
     return out
 
 
+_NAME = operator.attrgetter("name")
+
+
 def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any = None) -> tuple[str, dict[str, str]]:
     """Content version of a dataset folder and the sha256 of each file by relative path.
 
@@ -160,17 +164,21 @@ def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any =
     return files_version(by_rel), by_rel
 
 
-def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[int, int, str]] | None = None
+def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[int, int, str]] | None = None,
+                 paths: list[str] | None = None, racy_from_ns: int | None = None
                  ) -> tuple[dict[str, str | None], dict[str, tuple[int, int]]]:
     """dataset_version's files without hashing any: (sha256 by relative path where the cache
     knows the file as it is now, else None; (size, mtime_ns) by relative path). For a reader
     that hashes the rest while it reads them anyway (`HashCache.remember` stores them).
 
     `recorded`: (size, mtime_ns, sha256) by relative path from the folder's previous scan (its
-    manifest); a file whose stat matches needs no cache lookup, so only the others are looked up."""
+    manifest); a file whose stat matches needs no cache lookup, so only the others are looked up.
+    `paths`: the folder's walk_files, when the caller has it. `racy_from_ns`: a file last
+    modified after this time may have changed again within the same mtime after it was
+    recorded (git's "racily clean" entries): it is given no hash, whatever the caches say."""
     base = os.path.abspath(root)
     strip = _relative_from(base)
-    paths = walk_files(base)
+    paths = walk_files(base) if paths is None else paths
     if recorded is None:
         return cache.lookup(paths, under=base, strip=strip)
     hashes: dict[str, str | None] = {}
@@ -181,7 +189,9 @@ def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[i
         rel = path[strip:] if os.sep == "/" else path[strip:].replace(os.sep, "/")
         stats[rel] = stat = (st.st_size, st.st_mtime_ns)
         hit = recorded.get(rel)
-        if hit is not None and hit[0] == stat[0] and hit[1] == stat[1]:
+        if racy_from_ns is not None and stat[1] >= racy_from_ns:
+            hashes[rel] = None
+        elif hit is not None and hit[0] == stat[0] and hit[1] == stat[1]:
             hashes[rel] = hit[2]
         else:
             hashes[rel] = None

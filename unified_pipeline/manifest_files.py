@@ -34,6 +34,7 @@ class FolderScan:
 
     stats: dict[str, tuple[int, int]]
     previous: dict[str, Any] | None = None
+    scanned_ns: int = 0  # when the files were stat'ed (time.time_ns())
     facts_reader: str | None = None
     same_lines: list[int | None] | None = None
 
@@ -72,12 +73,14 @@ def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | 
             fh.write(b"".join(earlier[j] if j is not None else next(fresh) + b"\n" for j in rows))
     head = {**(record or {}), "format": COLUMNS_FORMAT, "rows": len(manifest), "lines_bytes": path.stat().st_size,
             "manifest_columns": list(manifest.columns)}
-    with atomic.atomic_path(columns_path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    # (not synced: a columns document that does not match its lines file is not read)
+    with atomic.atomic_path(columns_path(path), durable=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(head, allow_nan=False) + "\n")
         for name, values in [*((col, _plain(manifest[col])) for col in manifest.columns), *(extra or {}).items()]:
             fh.write(f"{json.dumps(name)}\t{json.dumps(values, allow_nan=False, default=atomic.json_default)}\n")
     if scan_of:
-        atomic.write_text(_scan_pointer(*scan_of), json.dumps({"manifest": path.name}))
+        with atomic.atomic_path(_scan_pointer(*scan_of), durable=False) as tmp:
+            tmp.write_text(json.dumps({"manifest": path.name}), encoding="utf-8")
 
 
 def _lines(rows: pd.DataFrame) -> bytes:
@@ -144,18 +147,26 @@ def previous_scan(dataset: str, root: str | Path) -> dict[str, Any] | None:
 
 
 def read_manifest(path: str | Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """The manifest as a DataFrame; `columns` keeps only those. From the columns document when
-    it matches the file (its record, e.g. split settings, goes to `attrs`), else from the lines."""
+    """The manifest as a DataFrame; `columns` keeps only those. The record of its columns
+    document (e.g. split settings) goes to `attrs`."""
+    values, record = read_values(path, columns)
+    df = pd.DataFrame(values, columns=list(columns or values))
+    df.attrs.update(record)
+    return df
+
+
+def read_values(path: str | Path, columns: tuple[str, ...] | None = None) -> tuple[dict[str, list], dict[str, Any]]:
+    """The manifest's values column by column as JSON gives them (all columns, or these: None
+    where a row lacks one), and the record its columns document holds. From that document when
+    it matches the lines file ({} as record otherwise), else from the lines."""
     doc = read_columns(path, columns)
     if doc is not None:
         found = doc.pop("columns")
-        df = pd.DataFrame({col: found[col] for col in columns or doc["manifest_columns"]})
-        df.attrs.update(doc)
-        return df
-    return _read_lines(path, columns)
+        return {col: found[col] for col in columns or doc["manifest_columns"]}, doc
+    return _read_lines(path, columns), {}
 
 
-def _read_lines(path: str | Path, columns: tuple[str, ...] | None) -> pd.DataFrame:
+def _read_lines(path: str | Path, columns: tuple[str, ...] | None) -> dict[str, list]:
     """Parsed a block of lines at a time into one list per column: pandas' read_json holds a dict
     per row for the whole file, which at 180,000 rows was the tensors step's peak memory."""
     values: dict[str, list] = {key: [] for key in columns or ()}
@@ -170,4 +181,4 @@ def _read_lines(path: str | Path, columns: tuple[str, ...] | None) -> pd.DataFra
             for key, column in values.items():
                 column.extend(r.get(key) for r in records)
             rows += len(records)
-    return pd.DataFrame(values, columns=list(columns) if columns else None)
+    return values

@@ -7,6 +7,7 @@ the reason (naming the folder or the offending file), so the problem shows up in
 import json
 import os
 import re
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from unified_pipeline.datasets import (
 from unified_pipeline.datasets.base import META_FILE, PreprocessConfig
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.datasets.splits import split_settings
-from unified_pipeline.hashing import HashCache, combine, dataset_version, files_version, known_hashes
+from unified_pipeline.datasets.decode_workers import POOL_FROM, workers_started_early
+from unified_pipeline.hashing import HashCache, combine, dataset_version, files_version, known_hashes, walk_files
 from unified_pipeline.manifest_files import FolderScan, manifest_path, previous_scan, read_manifest, write_manifest
 from unified_pipeline.paths import unified_home
 from unified_pipeline.assets.quality_gate import stop_lane
@@ -90,11 +92,17 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
     path = manifest_path(ref.name, version)
     scan = cfg.scan  # (set for the kinds that hash while reading)
     write_manifest(path, manifest, record={"root": os.path.abspath(ref.root), **split_settings(cfg),
-                                           **({"facts_reader": scan.facts_reader} if scan else {})},
+                                           **({"facts_reader": scan.facts_reader, "scanned_ns": scan.scanned_ns}
+                                              if scan else {})},
                    extra={"mtime_ns": [scan.stats[rel][1] for rel in manifest["path"].tolist()]} if scan else None,
                    scan_of=(ref.name, ref.root) if scan else None,
                    lines_from=(scan.previous["lines_path"], scan.same_lines) if scan and scan.same_lines else None)
     return version, manifest, path
+
+
+# A file modified this close before the previous scan is read again: a file system may keep mtimes
+# at a coarse grain (2 s on FAT), so a second change within it would leave the recorded stat as it was.
+RACY_NS = 2 * 10**9
 
 
 def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfig) -> tuple[str, Any]:
@@ -106,17 +114,22 @@ def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfi
     manifest's hash, facts and split (cfg.scan); only the others are looked up or read."""
     cache = hash_cache()
     previous = previous_scan(ref.name, ref.root)
-    recorded = None
+    recorded = racy_from = None
     if previous is not None:
         cols = previous["columns"]
         recorded = {rel: (size, mtime, sha) for rel, size, mtime, sha in
                     zip(cols["path"], cols["size"], cols["mtime_ns"], cols["sha256"])}
-    by_rel, stats = known_hashes(ref.root, cache, recorded)
-    if by_rel.get(SETTINGS_FILE, "") is None:
-        by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
-    samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
-    cfg.scan = FolderScan(stats, previous)
-    manifest = kind.build_manifest(ref.root, samples, cfg)
+        racy_from = previous.get("scanned_ns", 0) - RACY_NS
+    scanned_ns = time.time_ns()
+    paths = walk_files(os.path.abspath(ref.root))
+    # A folder never read before has every file to read: its workers start up while the files are stat'ed.
+    with workers_started_early(previous is None and len(paths) >= POOL_FROM):
+        by_rel, stats = known_hashes(ref.root, cache, recorded, paths, racy_from)
+        if by_rel.get(SETTINGS_FILE, "") is None:
+            by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
+        samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
+        cfg.scan = FolderScan(stats, previous, scanned_ns)
+        manifest = kind.build_manifest(ref.root, samples, cfg)
     base = os.path.join(os.path.abspath(ref.root), "")  # as the hash cache's paths are written
     hashed = dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist()))  # (lists: a str Series iterates slowly)
     cache.remember([(base + rel, *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])

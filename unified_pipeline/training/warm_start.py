@@ -19,7 +19,7 @@ from typing import Any
 
 from unified_pipeline.errors import ConfigError
 from unified_pipeline.hashing import combine
-from unified_pipeline.paths import unified_home
+from unified_pipeline.manifest_files import manifest_path, read_values
 from unified_pipeline.registry.incremental import warm_start_decision, warm_start_record
 from unified_pipeline.training.trainer_config import as_flag
 
@@ -93,12 +93,11 @@ def sample_keys(tensor_dir: Path) -> dict[str, dict[str, str]]:
     meta = json.loads((tensor_dir / "meta.json").read_text(encoding="utf-8"))
     content: dict[str, str] = {}
     version = str(meta.get("data_version", ""))
-    manifest = unified_home() / "manifests" / str(meta.get("dataset", tensor_dir.parent.name)) / f"{version[:16]}.jsonl"
+    manifest = manifest_path(str(meta.get("dataset", tensor_dir.parent.name)), version)
     if version and manifest.is_file():
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                content[str(row.get("sample_id"))] = f"{row.get('sha256')}:{row.get('label')}"
+        values, _record = read_values(manifest, ("sample_id", "sha256", "label"))
+        for sid, sha, label in zip(values["sample_id"], values["sha256"], values["label"]):
+            content[str(sid)] = f"{sha}:{label}"
     return {split: {str(s): f"{s}:{content.get(str(s), '')}" for s in ids} for split, ids in samples.items()}
 
 
