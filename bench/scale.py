@@ -232,7 +232,7 @@ def _notes(load_before: tuple) -> str:
     return (f"Images: 32x32 RGB PNGs (lane vision), 96x96 (vision96); audio: 1 s clips at 8 kHz, features at 16 kHz. files_per_s = files / "
             f"seconds of the stage. The manifest step hashes every file and decodes each new one on every "
             f"core (a colour image's tensor row is cached then, so the tensors step decodes only grey "
-            f"images and audio); the tensors step reads the manifest, takes rows from the cache (decoding "
+            f"images and audio); the tensors step reads the manifest's columns document, takes rows from the cache (decoding "
             f"misses) and writes shards. Imports, which a Dagster step's process has done before its "
             f"step starts, are outside the timings. Peak RSS in MB of the step's process; "
             f"worker processes apart (ru_maxrss of children; spawned, so their own). Load average before "
