@@ -86,6 +86,7 @@ def test_a_rebuild_reads_only_changed_files_and_equals_a_build_from_scratch(home
 
     root = _images(home.parent / "raw" / "ds", age_s=60)  # (files written just before a scan are read again)
     ref = DatasetRef("ds", "vision", root)
+    monkeypatch.setattr(manifest_files, "LINES_BLOCK", 5)  # lines written (and copied) in several blocks
     build_manifest(ref)
     read, looked_up = _spy(monkeypatch)
     Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(root / "a" / "001.png")  # changed

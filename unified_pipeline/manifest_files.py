@@ -62,15 +62,16 @@ def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | 
     only the columns it wants. `scan_of` = (dataset, folder) makes it the folder's newest
     manifest for the next build. `lines_from` = (an earlier lines file, per row the number of
     that file's line holding the same row, or None): those lines are copied, not encoded again."""
+    earlier = _earlier_lines(*lines_from) if lines_from else None
     with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        earlier = _earlier_lines(*lines_from) if lines_from else None
-        if earlier is None:
-            for start in range(0, len(manifest), LINES_BLOCK):  # one block of JSON text in memory at a time
-                fh.write(_lines(manifest.iloc[start:start + LINES_BLOCK]))
-        else:
-            rows = lines_from[1]
-            fresh = iter(_lines(manifest.iloc[[i for i, j in enumerate(rows) if j is None]]).split(b"\n"))
-            fh.write(b"".join(earlier[j] if j is not None else next(fresh) + b"\n" for j in rows))
+        for start in range(0, len(manifest), LINES_BLOCK):  # one block of JSON text in memory at a time
+            block = manifest.iloc[start:start + LINES_BLOCK]
+            if earlier is None:
+                fh.write(_lines(block))
+                continue
+            same = lines_from[1][start:start + LINES_BLOCK]
+            fresh = iter(_lines(block.iloc[[k for k, j in enumerate(same) if j is None]]).split(b"\n"))
+            fh.write(b"".join(earlier[j] if j is not None else next(fresh) + b"\n" for j in same))
     head = {**(record or {}), "format": COLUMNS_FORMAT, "rows": len(manifest), "lines_bytes": path.stat().st_size,
             "manifest_columns": list(manifest.columns)}
     # (not synced: a columns document that does not match its lines file is not read)
