@@ -31,7 +31,7 @@ def bars_enabled(stream: Any = None) -> bool:
     return bool(isatty and isatty())
 
 
-def _log_function(log: Any) -> Callable[[str], None]:
+def log_function(log: Any) -> Callable[[str], None]:
     """Dagster's context.log and logging.Logger have .info; print or any callable is called."""
     if log is None:
         return logging.getLogger(DEFAULT_LOGGER).info
@@ -56,7 +56,7 @@ class StepProgress:
         self.every_fraction, self.every_s, self.quiet_for_s = every_fraction, every_s, quiet_for_s
         self.done = 0
         self.logged_lines = 0
-        self._emit = _log_function(log)
+        self._emit = log_function(log)
         self._start = self._last_log = _clock()
         self._next_fraction = every_fraction
         self._closed = False

@@ -21,7 +21,7 @@ from unified_pipeline.datasets.row_packs import PackedRow
 from unified_pipeline.errors import DatasetError
 from unified_pipeline.datasets.splits import assign_splits
 from unified_pipeline.paths import inside
-from unified_pipeline.step_progress import track
+from unified_pipeline.step_progress import log_function, track
 
 
 def sample_path(root: Path, rel: str) -> Path:
@@ -124,6 +124,9 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     previous = scan.previous if scan else None
     earlier = _earlier_rows(previous, reader, columns, rels, file_hashes)
     todo = [i for i, j in enumerate(earlier) if j is None]
+    if previous:
+        log_function(cfg.log)(f"{root.name}: {len(rels) - len(todo)} of {len(rels)} files unchanged since the "
+                              f"previous manifest (their rows kept), {len(todo)} to read or look up")
     facts, hashes = file_facts(root, [rels[i] for i in todo], file_hashes, read_facts, cfg, unit, extra, rows_under)
     stats = scan.stats if scan else {}
     fresh = {  # column by column: a dict per row cost 1 KB each at 180,000 files
