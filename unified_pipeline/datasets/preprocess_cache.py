@@ -108,8 +108,8 @@ class PreprocessCache:
 
     def read_into(self, places: dict[str, tuple], positions: dict[str, list[int]], out: np.ndarray) -> dict[str, int]:
         """Each located key's row copied into out[i] for each i of its positions; returns the aux of
-        every key read. A packed row is read from its file straight into `out` (no array in
-        between: copying a shard's rows out of mapped packs cost more than writing the shard)."""
+        every key read. Packed rows are copied from their mapped pack into `out`, a pack's rows at
+        once (_copy_rows)."""
         found = self.get_many([key for key, (pack, _aux, _place) in places.items() if pack is None])
         aux_of = {}
         for key, (row, aux) in found.items():
@@ -313,7 +313,7 @@ def _copy_rows(path: Path, rows: list[tuple], positions: dict[str, list[int]], o
     try:
         flat = np.frombuffer(mapped, dtype=np.uint8)
         row_bytes = out[0].nbytes
-        if all(place[0] % row_bytes == 0 for _key, _aux, place in rows):  # one pack of equal rows: the usual
+        if row_bytes and all(place[0] % row_bytes == 0 for _key, _aux, place in rows):  # rows of one size: the usual
             whole = flat[: size - size % row_bytes].view(out.dtype).reshape(-1, *out.shape[1:])
             at = [(place[0] // row_bytes, i) for key, _aux, place in rows for i in positions[key]]
             out[[i for _j, i in at]] = whole[[j for j, _i in at]]
