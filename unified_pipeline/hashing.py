@@ -18,6 +18,7 @@ from unified_pipeline import atomic
 from unified_pipeline.step_progress import StepProgress
 
 _CHUNK = 1 << 20
+LOOKUP_ONE_BY_ONE = 900  # paths looked up by name (old SQLite builds take 999 at most); more: the folder's rows
 _lock = threading.Lock()
 
 
@@ -61,17 +62,16 @@ class HashCache:
             self._conn = conn
         return self._conn
 
-    def lookup(self, paths: list, under: str | None = None, strip: int | None = None,
-               exact: bool = False) -> tuple[dict, dict]:
+    def lookup(self, paths: list, under: str | None = None, strip: int | None = None) -> tuple[dict, dict]:
         """(sha256 per path where the cache knows the file as it is now, else None; (size,
-        mtime_ns) per path). `under`: a folder holding every path, so only its entries are read;
-        `exact`: only the rows of these paths are read (a few paths, at most SQLite's limit).
+        mtime_ns) per path). Up to LOOKUP_ONE_BY_ONE paths are looked up by name; more, and
+        `under` (a folder holding every path) reads that folder's entries only.
         `strip`: key the results by each path's text after this many characters (relative paths)."""
         db = self._db()
         known: dict[str, tuple[int, int, str]] = {}
         if db is not None and paths:
             query, args = "SELECT path, size, mtime_ns, sha256 FROM files", ()
-            if exact:
+            if len(paths) <= LOOKUP_ONE_BY_ONE:
                 query, args = query + f" WHERE path IN ({','.join('?' * len(paths))})", [str(p) for p in paths]
             elif under:  # the primary key's range of the folder, not every file ever hashed
                 prefix = os.path.join(under, "")
@@ -164,14 +164,14 @@ def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any =
     return files_version(by_rel), by_rel
 
 
-def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[int, int, str]] | None = None,
+def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple] | None = None,
                  paths: list[str] | None = None, racy_from_ns: int | None = None
                  ) -> tuple[dict[str, str | None], dict[str, tuple[int, int]]]:
     """dataset_version's files without hashing any: (sha256 by relative path where the cache
     knows the file as it is now, else None; (size, mtime_ns) by relative path). For a reader
     that hashes the rest while it reads them anyway (`HashCache.remember` stores them).
 
-    `recorded`: (size, mtime_ns, sha256) by relative path from the folder's previous scan (its
+    `recorded`: (size, mtime_ns, sha256, ...) by relative path from the folder's previous scan (its
     manifest); a file whose stat matches needs no cache lookup, so only the others are looked up.
     `paths`: the folder's walk_files, when the caller has it. `racy_from_ns`: a file last
     modified after this time may have changed again within the same mtime after it was
@@ -196,14 +196,9 @@ def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple[i
         else:
             hashes[rel] = None
             unknown.append(path)
-    if unknown:  # the whole folder's rows when many changed, else those paths' rows
-        found, _ = cache.lookup(unknown, under=base if len(unknown) > LOOKUP_ONE_BY_ONE else None, strip=strip,
-                                exact=len(unknown) <= LOOKUP_ONE_BY_ONE)
-        hashes.update(found)
+    if unknown:
+        hashes.update(cache.lookup(unknown, under=base, strip=strip)[0])
     return hashes, stats
-
-
-LOOKUP_ONE_BY_ONE = 900  # paths looked up by name (old SQLite builds take 999 at most); more: the folder's rows
 
 
 def files_version(by_rel: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,44 @@ COLUMNS_FORMAT = 1
 LINES_BLOCK = 8192  # rows per block of JSON text, written or parsed at once: bounded memory at any size
 
 
+# A file modified this close before the previous scan is read again: a file system may keep mtimes
+# at a coarse grain (2 s on FAT), so a second change within it would leave the recorded stat as it was.
+RACY_NS = 2 * 10**9
+
+
 @dataclass
 class FolderScan:
-    """What one manifest build knows of its folder beyond the files' hashes: each file's (size,
-    mtime_ns) and the folder's previous manifest (previous_scan), and what the kind's manifest
-    leaves for the writing: the facts reader, and per row its line in the previous lines file."""
+    """What one manifest build knows of its folder beyond the files' hashes: the folder's
+    previous manifest (previous_scan) and what it recorded, each file's (size, mtime_ns) now, and
+    what the kind's manifest leaves for the writing: the facts reader, and per row its line in
+    the previous lines file."""
 
-    stats: dict[str, tuple[int, int]]
     previous: dict[str, Any] | None = None
     scanned_ns: int = 0  # when the files were stat'ed (time.time_ns())
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)
     facts_reader: str | None = None
     same_lines: list[int | None] | None = None
+    # (size, mtime_ns, sha256, row) of each file the previous manifest holds, by relative path
+    recorded: dict[str, tuple[int, int, str, int]] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.previous is not None:
+            cols = self.previous["columns"]
+            self.recorded = {rel: (size, mtime, sha, row) for row, (rel, size, mtime, sha) in
+                             enumerate(zip(cols["path"], cols["size"], cols["mtime_ns"], cols["sha256"]))}
+
+    @property
+    def racy_from_ns(self) -> int | None:
+        """A file modified after this may have changed again since the previous scan recorded it."""
+        return None if self.previous is None else self.previous.get("scanned_ns", 0) - RACY_NS
+
+
+def manifest_folder(dataset: str) -> Path:
+    return unified_home() / "manifests" / dataset
 
 
 def manifest_path(dataset: str, version: str) -> Path:
-    return unified_home() / "manifests" / dataset / f"{version[:16]}.jsonl"
+    return manifest_folder(dataset) / f"{version[:16]}.jsonl"
 
 
 def columns_path(manifest: str | Path) -> Path:
@@ -51,7 +74,7 @@ def columns_path(manifest: str | Path) -> Path:
 def _scan_pointer(dataset: str, root: str | Path) -> Path:
     """Names the newest manifest built from this folder (one per folder: a dataset name may be
     reused for another folder, e.g. in tests)."""
-    return unified_home() / "manifests" / dataset / f"scan-{hashing.combine([os.path.abspath(root)])[:12]}.json"
+    return manifest_folder(dataset) / f"scan-{hashing.combine([os.path.abspath(root)])[:12]}.json"
 
 
 def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | None = None,
@@ -140,7 +163,7 @@ def previous_scan(dataset: str, root: str | Path) -> dict[str, Any] | None:
         name = json.loads(_scan_pointer(dataset, root).read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    lines = manifest_path(dataset, "x").with_name(str(name))
+    lines = manifest_folder(dataset) / str(name)
     doc = read_columns(lines)
     if doc is None or doc.get("root") != os.path.abspath(root) or "mtime_ns" not in doc["columns"]:
         return None

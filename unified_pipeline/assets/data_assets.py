@@ -100,11 +100,6 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
     return version, manifest, path
 
 
-# A file modified this close before the previous scan is read again: a file system may keep mtimes
-# at a coarse grain (2 s on FAT), so a second change within it would leave the recorded stat as it was.
-RACY_NS = 2 * 10**9
-
-
 def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfig) -> tuple[str, Any]:
     """The kind's manifest, for a kind that hashes the files it reads (class folders): a file the
     hash cache does not know is hashed by the worker that decodes it, on every core, instead of
@@ -113,26 +108,18 @@ def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfi
     A file whose size and mtime are those the folder's previous manifest recorded keeps that
     manifest's hash, facts and split (cfg.scan); only the others are looked up or read."""
     cache = hash_cache()
-    previous = previous_scan(ref.name, ref.root)
-    recorded = racy_from = None
-    if previous is not None:
-        cols = previous["columns"]
-        recorded = {rel: (size, mtime, sha) for rel, size, mtime, sha in
-                    zip(cols["path"], cols["size"], cols["mtime_ns"], cols["sha256"])}
-        racy_from = previous.get("scanned_ns", 0) - RACY_NS
-    scanned_ns = time.time_ns()
+    cfg.scan = scan = FolderScan(previous_scan(ref.name, ref.root), time.time_ns())
     paths = walk_files(os.path.abspath(ref.root))
     # A folder never read before has every file to read: its workers start up while the files are stat'ed.
-    with workers_started_early(previous is None and len(paths) >= POOL_FROM):
-        by_rel, stats = known_hashes(ref.root, cache, recorded, paths, racy_from)
+    with workers_started_early(scan.previous is None and len(paths) >= POOL_FROM):
+        by_rel, scan.stats = known_hashes(ref.root, cache, scan.recorded, paths, scan.racy_from_ns)
         if by_rel.get(SETTINGS_FILE, "") is None:
             by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
         samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
-        cfg.scan = FolderScan(stats, previous, scanned_ns)
         manifest = kind.build_manifest(ref.root, samples, cfg)
     base = os.path.join(os.path.abspath(ref.root), "")  # as the hash cache's paths are written
     hashed = dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist()))  # (lists: a str Series iterates slowly)
-    cache.remember([(base + rel, *stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
+    cache.remember([(base + rel, *scan.stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
     by_rel.update(hashed)
     return files_version(by_rel), manifest
 

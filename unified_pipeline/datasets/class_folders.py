@@ -122,7 +122,7 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
     reader = facts_reader(read_facts, extra)
     scan = getattr(cfg, "scan", None)
     previous = scan.previous if scan else None
-    earlier = _earlier_rows(previous, reader, columns, rels, file_hashes)
+    earlier = _earlier_rows(scan, reader, columns, rels, file_hashes)
     todo = [i for i, j in enumerate(earlier) if j is None]
     if previous:
         log_function(cfg.log)(f"{root.name}: {len(rels) - len(todo)} of {len(rels)} files unchanged since the "
@@ -158,18 +158,17 @@ def facts_reader(read_facts: Callable, extra: tuple) -> str:
                             code_version(read_facts.__module__), repr(extra)])
 
 
-def _earlier_rows(previous: dict | None, reader: str, columns: list[str], rels: list[str],
+def _earlier_rows(scan: Any, reader: str, columns: list[str], rels: list[str],
                   file_hashes: dict[str, str | None]) -> list[int | None]:
     """Per file, its row in the previous manifest when that row holds (same path, same hash,
     same reader), else None."""
+    previous = scan.previous if scan else None
     if not previous or previous.get("facts_reader") != reader or not set(columns) <= previous["columns"].keys():
         return [None] * len(rels)
-    cols = previous["columns"]
-    at = {rel: (j, sha) for j, (rel, sha) in enumerate(zip(cols["path"], cols["sha256"]))}
     rows: list[int | None] = []
     for rel in rels:
-        hit = at.get(rel)
-        rows.append(hit[0] if hit is not None and hit[1] == file_hashes[rel] else None)
+        hit = scan.recorded.get(rel)
+        rows.append(hit[3] if hit is not None and hit[2] == file_hashes[rel] else None)
     return rows
 
 

@@ -40,34 +40,26 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 def split_score(content_hash: str, seed: int = 0) -> float:
     """Uniform number in [0, 1) that orders samples within a seed."""
-    digest = hashlib.sha256(f"{seed}:{content_hash}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return float(_scores([content_hash], seed)[0])
 
 
 def split_of(content_hash: str, seed: int = 0, fractions: dict[str, float] | None = None) -> str:
-    return _split_for_score(split_score(content_hash, seed), fractions or DEFAULT_FRACTIONS)
-
-
-def _split_for_score(u: float, fractions: dict[str, float]) -> str:
-    edge = 0.0
-    for name in SPLITS:
-        edge += fractions[name]
-        if u < edge:
-            return name
-    return SPLITS[-1]
+    return _splits_for_scores(_scores([content_hash], seed), fractions or DEFAULT_FRACTIONS)[0]
 
 
 def _scores(hashes: list[str], seed: int) -> np.ndarray:
-    """split_score of each hash, at once (the same numbers: u64 / 2**64 is exact after rounding to float)."""
+    """split_score of each hash: the first 8 bytes of sha256("<seed>:<hash>") as a big-endian
+    integer over 2**64 (exact after the integer's rounding to a float)."""
     digests = b"".join(hashlib.sha256(f"{seed}:{h}".encode()).digest()[:8] for h in hashes)
     return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2**64
 
 
 def _splits_for_scores(scores: np.ndarray, fractions: dict[str, float]) -> list[str]:
-    """_split_for_score of each score, at once."""
+    """The split of each score: the fractions, summed in SPLITS order, cut [0, 1); a score at or
+    past the last cut goes to the last split."""
     edges, edge = [], 0.0
     for name in SPLITS:
-        edge += fractions[name]  # summed as _split_for_score sums them, so the edges are the same floats
+        edge += fractions[name]
         edges.append(edge)
     at = np.searchsorted(np.array(edges[:-1]), scores, side="right")  # first edge above the score; else the last
     return [SPLITS[i] for i in at.tolist()]
@@ -132,7 +124,7 @@ def assign_splits(manifest, cfg, earlier: Any = None) -> np.ndarray:
     """Stratified split of each manifest row (columns sha256 and label) under cfg.seed and cfg.fractions.
     `earlier`: a previous manifest's columns document; its splits are kept where they still hold."""
     reuse = None
-    if earlier and {k: earlier.get(k) for k in split_settings(cfg)} == split_settings(cfg):
+    if earlier and _assigned_under(earlier, cfg):
         reuse = tuple(earlier["columns"][c] for c in ("sha256", "label", "split"))
     return np.array(stratified_splits(manifest["sha256"].tolist(), manifest["label"].tolist(), cfg.seed, cfg.fractions,
                                       earlier=reuse), dtype=object)
@@ -141,11 +133,18 @@ def assign_splits(manifest, cfg, earlier: Any = None) -> np.ndarray:
 def manifest_splits(manifest, cfg) -> np.ndarray:
     """The manifest's own split column when it was assigned under cfg's settings (read_manifest
     puts them in `attrs`), else the splits assigned again."""
-    if "split" in manifest and {k: manifest.attrs.get(k) for k in split_settings(cfg)} == split_settings(cfg):
+    if "split" in manifest and _assigned_under(manifest.attrs, cfg):
         return manifest["split"].to_numpy(dtype=object)
     return assign_splits(manifest, cfg)
 
 
+def _assigned_under(record: dict, cfg) -> bool:
+    """Whether a manifest's record says its splits were assigned under cfg's seed and fractions."""
+    wanted = split_settings(cfg)
+    return {k: record.get(k) for k in wanted} == wanted
+
+
 def hash_splits(hashes, cfg) -> np.ndarray:
     """Base-rule split of each hash under cfg.seed and cfg.fractions (kinds without classes)."""
-    return np.array([split_of(h, cfg.seed, cfg.fractions) for h in hashes], dtype=object)
+    hashes = hashes.tolist() if hasattr(hashes, "tolist") else list(hashes)  # (a str Series iterates slowly)
+    return np.array(_splits_for_scores(_scores(hashes, cfg.seed), cfg.fractions), dtype=object)
