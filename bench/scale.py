@@ -47,9 +47,10 @@ def _step(name: str, env: dict, *args: str) -> dict:
 # ---- steps (each in a fresh process) ---------------------------------------------------------
 
 def _imports(kind: str) -> None:
-    """What a Dagster step's process has done before the step starts, done before the clock
-    starts: torch and the kind's module imported, and the lane's code version computed (loading
-    the definitions computes it, which parses each file of its closure once)."""
+    """Done before the clock starts, as they cost a step's process the same at any size: torch,
+    the kind's module and its decoder library imported (PIL with its format plugins, soundfile;
+    30 ms for PIL), and the lane's code version computed (loading the definitions computes it,
+    which parses each file of its closure once)."""
     import importlib
 
     import unified_pipeline.datasets.class_shards  # noqa: F401 (torch)
@@ -57,6 +58,12 @@ def _imports(kind: str) -> None:
     from unified_pipeline.datasets import KIND_MODULES
 
     importlib.import_module(f"unified_pipeline.datasets.{kind}")
+    if kind == "vision":
+        from PIL import Image
+
+        Image.preinit()
+    else:
+        import soundfile  # noqa: F401
     code_version(KIND_MODULES[kind], f"unified_pipeline.quality.{kind}")  # as data_assets.lane_assets does
 
 
@@ -233,8 +240,8 @@ def _notes(load_before: tuple) -> str:
             f"seconds of the stage. The manifest step hashes every file and decodes each new one on every "
             f"core (a colour image's tensor row is cached then, so the tensors step decodes only grey "
             f"images and audio); the tensors step reads the manifest's columns document, takes rows from the cache (decoding "
-            f"misses) and writes shards. Imports, which a Dagster step's process has done before its "
-            f"step starts, are outside the timings. Peak RSS in MB of the step's process; "
+            f"misses) and writes shards. Imports (torch, the kind's module, PIL or soundfile: "
+            f"the same cost at any size) are outside the timings. Peak RSS in MB of the step's process; "
             f"worker processes apart (ru_maxrss of children; spawned, so their own). Load average before "
             f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
 

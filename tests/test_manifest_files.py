@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from pandas.testing import assert_frame_equal
 from PIL import Image
 
@@ -81,7 +82,8 @@ def _spy(monkeypatch):
     return read, looked_up
 
 
-def test_a_rebuild_reads_only_changed_files_and_equals_a_build_from_scratch(home, monkeypatch):
+@pytest.mark.parametrize("in_place", [False, True])  # (in place: the same paths, compared as arrays)
+def test_a_rebuild_reads_only_changed_files_and_equals_a_build_from_scratch(home, monkeypatch, in_place):
     from unified_pipeline.assets.data_assets import build_manifest
 
     root = _images(home.parent / "raw" / "ds", age_s=60)  # (files written just before a scan are read again)
@@ -91,22 +93,31 @@ def test_a_rebuild_reads_only_changed_files_and_equals_a_build_from_scratch(home
     read, looked_up = _spy(monkeypatch)
     Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(root / "a" / "001.png")  # changed
     os.utime(root / "b" / "002.png", ns=(1, 1))  # touched: same bytes, another mtime
-    (root / "b" / "004.png").unlink()
-    Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(root / "b" / "new.png")
+    if not in_place:
+        (root / "b" / "004.png").unlink()
+        Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(root / "b" / "new.png")
     said = []
     version, manifest, path = build_manifest(ref, log=said.append)
-    assert any("ds: 9 of 12 files unchanged since the previous manifest" in line for line in said), said
-    assert read == [["a/001.png", "b/002.png", "b/new.png"]]  # (a touched file is read again to hash it)
+    kept = 10 if in_place else 9
+    assert any(f"ds: {kept} of 12 files unchanged since the previous manifest" in line for line in said), said
+    # (a touched file is read again to hash it)
+    assert read == [["a/001.png", "b/002.png", *([] if in_place else ["b/new.png"])]]
     # by name, and only the touched one: the others changed after the previous scan (no cache can
     # know them) or not at all
     assert looked_up == [["002.png"]]
     assert_frame_equal(read_manifest(path), _from_lines(path))
-    lines = path.read_bytes()  # unchanged rows' lines copied from the previous file
+    lines, columns = path.read_bytes(), _column_lines(path)  # unchanged rows' lines copied from the previous file
     shutil.rmtree(home / "manifests")  # from scratch: no previous manifest
     version2, scratch, path2 = build_manifest(ref)
     assert version == version2 == dataset_version(root)[0]
     assert_frame_equal(manifest, scratch)
     assert path2.read_bytes() == lines
+    assert _column_lines(path2) == columns  # (columns whose values held are copied as text)
+
+
+def _column_lines(path) -> list[str]:
+    """The columns document's lines after its head (which records when the folder was scanned)."""
+    return columns_path(path).read_text(encoding="utf-8").splitlines()[1:]
 
 
 def test_another_folder_of_the_same_name_is_not_taken_for_the_previous_one(home):

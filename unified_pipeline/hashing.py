@@ -56,6 +56,9 @@ class HashCache:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
+            # A commit then waits for no sync: after a power cut the cache may forget its last
+            # entries (those files are hashed again), never hold a wrong one.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
             )
@@ -79,15 +82,14 @@ class HashCache:
             with _lock:
                 rows = db.execute(query, args).fetchall()
             known = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        keys = [str(p) for p in paths]
+        names = paths if strip is None else [key[strip:] for key in keys]
+        stat = stat_files(keys)
         hashes: dict = {}
-        stats: dict = {}
-        for p in paths:
-            key = str(p)
-            st = os.stat(key)
-            name = p if strip is None else key[strip:]
-            stats[name] = (st.st_size, st.st_mtime_ns)
+        for name, key, (size, mtime) in zip(names, keys, stat):
             hit = known.get(key)
-            hashes[name] = hit[2] if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns else None
+            hashes[name] = hit[2] if hit and hit[0] == size and hit[1] == mtime else None
+        stats = dict(zip(names, stat))
         if strip is not None and os.sep != "/":
             hashes, stats = ({k.replace(os.sep, "/"): v for k, v in d.items()} for d in (hashes, stats))
         return hashes, stats
@@ -116,6 +118,12 @@ class HashCache:
                     progress.update()
         self.remember(fresh)
         return out
+
+
+def stat_files(paths: list[str]) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of each path, in order. (Two threads were faster on an idle machine and
+    slower on a busy one: one.)"""
+    return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, paths)]
 
 
 def list_files(root: Path) -> list[Path]:
@@ -164,46 +172,20 @@ def dataset_version(root: str | Path, cache: HashCache | None = None, log: Any =
     return files_version(by_rel), by_rel
 
 
-def known_hashes(root: str | Path, cache: HashCache, recorded: dict[str, tuple] | None = None,
-                 paths: list[str] | None = None, racy_from_ns: int | None = None
+def known_hashes(root: str | Path, cache: HashCache, paths: list[str] | None = None
                  ) -> tuple[dict[str, str | None], dict[str, tuple[int, int]]]:
     """dataset_version's files without hashing any: (sha256 by relative path where the cache
     knows the file as it is now, else None; (size, mtime_ns) by relative path). For a reader
     that hashes the rest while it reads them anyway (`HashCache.remember` stores them).
-
-    `recorded`: (size, mtime_ns, sha256, ...) by relative path from the folder's previous scan (its
-    manifest); a file whose stat matches needs no cache lookup, so only the others are looked up.
-    `paths`: the folder's walk_files, when the caller has it. `racy_from_ns`: a file last
-    modified after this time may have changed again within the same mtime after it was
-    recorded (git's "racily clean" entries): it is given no hash, whatever the caches say."""
+    `paths`: the folder's walk_files, when the caller has it."""
     base = os.path.abspath(root)
-    strip = _relative_from(base)
-    paths = walk_files(base) if paths is None else paths
-    if recorded is None:
-        return cache.lookup(paths, under=base, strip=strip)
-    hashes: dict[str, str | None] = {}
-    stats: dict[str, tuple[int, int]] = {}
-    unknown = []
-    for path in paths:
-        st = os.stat(path)
-        rel = path[strip:] if os.sep == "/" else path[strip:].replace(os.sep, "/")
-        stats[rel] = stat = (st.st_size, st.st_mtime_ns)
-        hit = recorded.get(rel)
-        if racy_from_ns is not None and stat[1] >= racy_from_ns:
-            hashes[rel] = None
-        elif hit is not None and hit[0] == stat[0] and hit[1] == stat[1]:
-            hashes[rel] = hit[2]
-        else:
-            hashes[rel] = None
-            unknown.append(path)
-    if unknown:
-        hashes.update(cache.lookup(unknown, under=base, strip=strip)[0])
-    return hashes, stats
+    return cache.lookup(walk_files(base) if paths is None else paths, under=base, strip=_relative_from(base))
 
 
 def files_version(by_rel: dict[str, str]) -> str:
     """The version dataset_version gives a folder holding exactly these (relative path: sha256) files."""
-    return combine(f"{rel}:{digest}" for rel, digest in sorted(by_rel.items()))
+    rels = sorted(by_rel)  # (sorting the keys alone, and joining in C: a quarter faster at 18,000 files)
+    return combine(map(":".join, zip(rels, map(by_rel.__getitem__, rels))))
 
 
 def _relative_from(base: str) -> int:

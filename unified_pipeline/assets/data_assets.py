@@ -96,7 +96,8 @@ def build_manifest(ref: DatasetRef, settings: dict[str, Any] | None = None, log:
                                               if scan else {})},
                    extra={"mtime_ns": [scan.stats[rel][1] for rel in manifest["path"].tolist()]} if scan else None,
                    scan_of=(ref.name, ref.root) if scan else None,
-                   lines_from=(scan.previous["lines_path"], scan.same_lines) if scan and scan.same_lines else None)
+                   **({"lines_from": (scan.previous["lines_path"], scan.same_lines), "earlier": scan.previous}
+                      if scan and scan.same_lines else {}))
     return version, manifest, path
 
 
@@ -109,15 +110,20 @@ def _manifest_hashing_new_files(ref: DatasetRef, kind: Any, cfg: PreprocessConfi
     manifest's hash, facts and split (cfg.scan); only the others are looked up or read."""
     cache = hash_cache()
     cfg.scan = scan = FolderScan(previous_scan(ref.name, ref.root), time.time_ns())
-    paths = walk_files(os.path.abspath(ref.root))
+    folder = os.path.abspath(ref.root)
+    base = os.path.join(folder, "")  # as the hash cache's paths are written
+    paths = walk_files(folder)
     # A folder never read before has every file to read: its workers start up while the files are stat'ed.
     with workers_started_early(scan.previous is None and len(paths) >= POOL_FROM):
-        by_rel, scan.stats = known_hashes(ref.root, cache, scan.recorded, paths, scan.racy_from_ns)
+        if scan.previous is None:
+            by_rel, scan.stats = known_hashes(ref.root, cache, paths)
+        else:
+            by_rel, look = scan.compare(paths, len(base))
+            by_rel.update(cache.lookup(look, under=folder, strip=len(base))[0])
         if by_rel.get(SETTINGS_FILE, "") is None:
             by_rel[SETTINGS_FILE] = cache.hash_files([str(ref.root / SETTINGS_FILE)])[str(ref.root / SETTINGS_FILE)]
         samples = {rel: h for rel, h in by_rel.items() if rel != SETTINGS_FILE}
         manifest = kind.build_manifest(ref.root, samples, cfg)
-    base = os.path.join(os.path.abspath(ref.root), "")  # as the hash cache's paths are written
     hashed = dict(zip(manifest["path"].tolist(), manifest["sha256"].tolist()))  # (lists: a str Series iterates slowly)
     cache.remember([(base + rel, *scan.stats[rel], hashed[rel]) for rel, h in samples.items() if h is None])
     by_rel.update(hashed)

@@ -4,12 +4,13 @@ the manifest columns every sample has, and the data version of a manifest.
 """
 from __future__ import annotations
 
+import bisect
 import operator
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from unified_pipeline import hashing
@@ -86,25 +87,27 @@ def scan_class_folders(root: Path, file_hashes: dict[str, str], extensions: tupl
         raise DatasetError(f"{root}: dataset folder does not exist")
     if not file_hashes:
         raise DatasetError(f"{root}: dataset folder holds no files (expected <class>/<{what}> sub-folders)")
-    top_level = sorted(rel for rel in file_hashes if "/" not in rel)
+    rels = sorted(file_hashes)
+    # One pass picks the few paths any check below could refuse; the checks then look at those alone.
+    odd = [rel for rel in rels if "/" not in rel or "/." in rel or rel[:1] in "/." or not rel.lower().endswith(extensions)]
+    top_level = [rel for rel in odd if "/" not in rel]
     if top_level:
         raise DatasetError(
             f"{root}: file(s) {top_level[:5]} sit at top level; put each {what} in a class folder "
             f"(<dataset>/<class>/<{what}>)"
         )
-    per_class = Counter(rel.split("/", 1)[0] for rel in file_hashes)
     for cls in _visible_dirs(root):
-        if per_class.get(cls.name, 0) == 0:
+        first = bisect.bisect_left(rels, cls.name + "/")
+        if first == len(rels) or not rels[first].startswith(cls.name + "/"):
             raise DatasetError(f"{cls}: class folder is empty")
-    unknown = sorted(rel for rel in file_hashes if not rel.lower().endswith(extensions))  # (hidden files are never listed)
+    unknown = [rel for rel in odd if not rel.lower().endswith(extensions)]  # (hidden files are never listed)
     if unknown:
         raise DatasetError(
             f"{root / unknown[0]}: unknown file type {Path(unknown[0]).suffix or '(none)'!r}"
             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; accepted: {', '.join(extensions)}"
         )
-    rels = sorted(file_hashes)
     # The folder walk leaves out links that lead outside; a path given any other way is checked whole.
-    escaping = [rel for rel in rels if rel.startswith("/") or "/../" in f"/{rel}/" or "/./" in f"/{rel}/"]
+    escaping = [rel for rel in odd if rel.startswith("/") or "/../" in f"/{rel}/" or "/./" in f"/{rel}/"]
     files_inside(root, escaping)
     return rels
 
@@ -165,7 +168,14 @@ def _earlier_rows(scan: Any, reader: str, columns: list[str], rels: list[str],
     previous = scan.previous if scan else None
     if not previous or previous.get("facts_reader") != reader or not set(columns) <= previous["columns"].keys():
         return [None] * len(rels)
-    rows: list[int | None] = []
+    before = previous["columns"]
+    if rels == before["path"]:  # the same files as before (the usual case): row i is row i, where its hash held
+        rows: list[int | None] = list(range(len(rels)))
+        now = np.array([file_hashes[rel] for rel in rels], dtype=object)
+        for i in np.flatnonzero(now != np.array(before["sha256"], dtype=object)).tolist():
+            rows[i] = None
+        return rows
+    rows = []
     for rel in rels:
         hit = scan.recorded.get(rel)
         rows.append(hit[3] if hit is not None and hit[2] == file_hashes[rel] else None)

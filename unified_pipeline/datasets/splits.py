@@ -84,7 +84,10 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
     if len(hashes) != len(labels):
         raise ValueError(f"{len(hashes)} hashes but {len(labels)} labels")
     wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
-    classes = [_class_key(label) for label in labels]
+    labels = list(labels)
+    classes = labels if set(map(type, labels)) <= {str} else [_class_key(label) for label in labels]
+    if earlier is not None and len(earlier[0]) == len(hashes) and list(earlier[1]) == labels:
+        return _changed_classes_again(list(hashes), classes, earlier, seed, fractions)
     by_class: dict[Any, set[str]] = defaultdict(set)
     for h, cls in zip(hashes, classes):
         by_class[cls].add(h)
@@ -102,6 +105,22 @@ def stratified_splits(hashes: Sequence[str], labels: Sequence[Any], seed: int = 
                 _lend(split, dict(zip(members, scores.tolist())), wanted)
         placed.update({(cls, h): s for h, s in split.items()})
     return [placed[(cls, h)] for h, cls in zip(hashes, classes)]
+
+
+def _changed_classes_again(hashes: list[str], classes: list[Any], earlier: tuple, seed: int,
+                           fractions: dict[str, float]) -> list[str]:
+    """stratified_splits when the rows' labels are the earlier ones, in the same order (a
+    folder whose files changed in place): a class whose every row holds the earlier hash keeps
+    the earlier splits as they stand; only the other classes are split again."""
+    differ = np.flatnonzero(np.array(hashes, dtype=object) != np.array(earlier[0], dtype=object)).tolist()
+    out = list(earlier[2])
+    changed = {classes[i] for i in differ}
+    if changed:
+        rows = [i for i, cls in enumerate(classes) if cls in changed]
+        for i, split in zip(rows, stratified_splits([hashes[i] for i in rows], [classes[i] for i in rows], seed,
+                                                    fractions)):
+            out[i] = split
+    return out
 
 
 def _lend(split: dict[str, str], score: dict[str, float], wanted: list[str]) -> None:
