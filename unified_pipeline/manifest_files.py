@@ -17,7 +17,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -126,16 +126,39 @@ def write_manifest(path: Path, manifest: pd.DataFrame, record: dict[str, Any] | 
                 fh.write(_lines(manifest.iloc[start:start + LINES_BLOCK]))
     head = {**(record or {}), "format": COLUMNS_FORMAT, "rows": len(manifest), "lines_bytes": path.stat().st_size,
             "manifest_columns": list(manifest.columns), "dtypes": {c: str(t) for c, t in manifest.dtypes.items()}}
-    text, parsed, dtypes = (earlier["text"], earlier["columns"], earlier.get("dtypes", {})) if earlier else ({}, {}, {})
     # (not synced: a columns document that does not match its lines file is not read)
     with atomic.atomic_path(columns_path(path), durable=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(head, allow_nan=False) + "\n")
-        for name, values in [*((col, _plain(manifest[col])) for col in manifest.columns), *(extra or {}).items()]:
-            same = name in text and dtypes.get(name) == head["dtypes"].get(name) and parsed.get(name) == values
-            fh.write(f"{json.dumps(name)}\t{text[name] if same else _encoded(values)}")
+        for name, text in _column_texts(manifest, extra or {}, earlier, lines_from[1] if lines_from else None):
+            fh.write(f"{json.dumps(name)}\t{text}")
     if scan_of:
         with atomic.atomic_path(_scan_pointer(*scan_of), durable=False) as tmp:
             tmp.write_text(json.dumps({"manifest": path.name}), encoding="utf-8")
+
+
+def _column_texts(manifest: pd.DataFrame, extra: dict[str, list], earlier: dict[str, Any] | None,
+                  rows: list[int | None] | None) -> Iterator[tuple[str, str]]:
+    """(name, JSON text) of each column, the manifest's then `extra`'s: the earlier document's
+    text where the values and dtype are its own. When every kept row is the earlier row of the
+    same number, a column can differ only where a row was not kept: only those values are compared."""
+    text, parsed, dtypes = (earlier["text"], earlier["columns"], earlier.get("dtypes", {})) if earlier else ({}, {}, {})
+    redo = None
+    if earlier and rows is not None and len(rows) == earlier.get("rows"):
+        at = np.array(rows, dtype=np.float64)  # (None -> NaN)
+        kept = ~np.isnan(at)
+        if (at[kept] == np.flatnonzero(kept)).all():
+            redo = np.flatnonzero(~kept)
+    for name in manifest.columns:
+        same_type = name in text and dtypes.get(name) == str(manifest[name].dtype)
+        if same_type and redo is not None:
+            before = parsed[name]
+            if _plain(manifest[name].iloc[redo]) == [before[i] for i in redo.tolist()]:
+                yield name, text[name]
+                continue
+        values = _plain(manifest[name])
+        yield name, text[name] if same_type and parsed[name] == values else _encoded(values)
+    for name, values in extra.items():
+        yield name, text[name] if name in text and parsed.get(name) == values else _encoded(values)
 
 
 def _encoded(values: list) -> str:

@@ -139,12 +139,12 @@ def class_folder_manifest(root: Path, file_hashes: dict[str, str], extensions: t
         "decodable": [f.get("decodable", True) for f in facts], "error": [f.get("error") for f in facts],
     }
     take = _taker(earlier, todo)
-    df = pd.DataFrame({c: _merged(take, todo, previous, c, fresh[c] if c in fresh else [f.get(c) for f in facts])
-                       for c in columns if c != "split"}, columns=columns)
-    for col in int_columns:
-        df[col] = df[col].astype("Int64")
-    for col in float_columns:
-        df[col] = df[col].astype("float64")
+    # Typed as they are built: inferring a type from a list of Python ints first cost 4 ms a column.
+    typed = {"size": "int64", **dict.fromkeys(int_columns, "Int64"), **dict.fromkeys(float_columns, "float64")}
+    values = {c: _merged(take, todo, previous, c, fresh[c] if c in fresh else [f.get(c) for f in facts])
+              for c in columns if c != "split"}
+    df = pd.DataFrame({c: pd.array(v, dtype=typed[c]) if c in typed else v for c, v in values.items()},
+                      columns=columns)
     df["decodable"] = df["decodable"].astype(bool)
     df["split"] = assign_splits(df, cfg, earlier=previous)
     if scan:  # kept in the manifest's columns document, for the next build
