@@ -316,7 +316,7 @@ def _copy_rows(path: Path, rows: list[tuple], positions: dict[str, list[int]], o
             size = os.fstat(fh.fileno()).st_size
             if size == 0 or any(place[0] + place[3] > size for _key, _aux, place in rows):
                 return False
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = _map_whole(fh.fileno())
     except FileNotFoundError:
         return False
     try:
@@ -335,3 +335,11 @@ def _copy_rows(path: Path, rows: list[tuple], positions: dict[str, list[int]], o
     finally:
         mapped.close()
     return True
+
+
+def _map_whole(fd: int) -> mmap.mmap:
+    """A read-only map of the file with its pages mapped at once where the system can (Linux): a
+    shard takes most of a pack's rows, and a page fault each took twice as long as reading them."""
+    if hasattr(mmap, "MAP_POPULATE"):
+        return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
