@@ -151,7 +151,7 @@ class AudioKind:
         write_class_index(out, codec, report, {"scale": list(1 / std), "shift": list(-mean / std), "axis": 1, "nan": 0.0})
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": version or data_version(manifest),
-            "splits": report.counts, "classes": sorted(manifest["label"].unique()), "sample_rate": cfg.sample_rate,
+            "splits": report.counts, "classes": report.classes, "sample_rate": cfg.sample_rate,
             "n_mels": cfg.n_mels, "hop_length": settings["hop_length"], "n_fft": settings["n_fft"],
             "win_length": settings["win_length"], "max_samples": max_samples, "frames": frames,
             "log_offset": LOG_OFFSET, "mean": [float(v) for v in mean], "std": [float(v) for v in std],

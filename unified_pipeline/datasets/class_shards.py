@@ -31,7 +31,7 @@ from unified_pipeline import hashing
 from unified_pipeline.datasets.base import TensorBundle
 from unified_pipeline.datasets.class_folders import files_inside
 from unified_pipeline.datasets.decode_workers import decode_all
-from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_key, settings_digest
+from unified_pipeline.datasets.preprocess_cache import PreprocessCache, default_cache, entry_keys, settings_digest
 from unified_pipeline.datasets.row_packs import place_row
 from unified_pipeline.datasets.shards import (SHARD_BYTES, field_specs, rows_per_shard, shard_name, shard_stats,
                                               write_index, write_shard)
@@ -63,6 +63,7 @@ class BuildReport:
     counts: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
     index: dict[str, list[dict]] = field(default_factory=dict)
+    classes: list = field(default_factory=list)  # labels in order: row label i is classes[i]
 
 
 def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, out: Path,
@@ -72,39 +73,96 @@ def write_class_tensors(codec: Codec, root: Path, manifest: pd.DataFrame, cfg, o
     out.mkdir(parents=True, exist_ok=True)
     cache = default_cache() if cache is None else cache
     row_digest = settings_digest(codec.kind, codec.settings, code)
-    keys = [entry_key(sha, row_digest) for sha in manifest["sha256"].tolist()]
-    classes = sorted(manifest["label"].unique())
-    class_index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([class_index[c] for c in manifest["label"].tolist()], dtype=np.int64)
+    rows = sample_rows(manifest, row_digest)
     splits = manifest_splits(manifest, cfg)
     sample_ids = manifest["sample_id"].to_numpy()
     per_shard = rows_per_shard(int(np.prod(codec.row_shape)) * np.dtype(codec.dtype).itemsize, SHARD_BYTES)
-    report, plan, index = BuildReport(), [], {}
+    report, plan, index = BuildReport(classes=rows.classes), [], {}
     earlier = _earlier_shards(reuse_from or [])
     for split in SPLITS:
         sel = np.flatnonzero(splits == split)
         report.counts[split] = int(len(sel))
         report.samples[split] = sample_ids[sel].tolist()
         entries = []
-        for n, rows in enumerate(cut_shards(sel, keys, per_shard)):
-            digest = hashing.combine([row_digest, *(f"{keys[i]}:{labels[i]}" for i in rows)])
+        for n, shard in enumerate(cut_shards(sel, rows.heads, per_shard)):
+            digest = shard_digest(rows, shard)
             name = shard_name(split, n, digest)
-            entries.append({"file": name, "rows": int(len(rows))})
+            entries.append({"file": name, "rows": int(len(shard))})
             if _link_earlier(earlier.get((split, digest[:16])), out / name):
                 report.shards_reused += 1
             else:
-                plan.append((split, n, rows, digest))
+                plan.append((split, n, shard, digest))
         index[split] = entries
-    _write_planned(codec, root, manifest, keys, labels, plan, out, cache, report, cfg)
-    for split, entries in index.items():
-        for e in entries:
-            stats = shard_stats(out / e["file"])
-            if split == "train" or not report.counts.get("train"):
-                for k, v in stats.items():
-                    report.stats[k] = report.stats.get(k, 0) + np.asarray(v, dtype=np.float64)
+    written = _write_planned(codec, root, manifest, rows, plan, out, cache, report, cfg)
+    report.stats = _summed_stats(index, report.counts, written, out)
     report.index = index
     cache.prune()
     return report
+
+
+@dataclass
+class SampleRows:
+    """What each manifest row contributes to its shard, for every row at once: a one-file rebuild
+    reads every row to find the shards that changed, so a Python loop per row was most of its time."""
+
+    row_digest: str  # what a decoded row depends on besides its file (settings_digest)
+    hashes: np.ndarray  # (object) each row's content hash
+    labels: np.ndarray  # (int64) each row's index in `classes`
+    classes: list
+    heads: np.ndarray  # each key's first 8 hex digits as a number: where content-defined cuts fall
+    parts: np.ndarray  # (object) "key:label", each row's part of its shard's digest
+
+    def keys(self, shard: np.ndarray) -> list[str]:
+        """The rows' preprocessing cache keys (made for the shards to write only)."""
+        return entry_keys(self.hashes[shard], self.row_digest).tolist()
+
+
+def sample_rows(manifest: pd.DataFrame, row_digest: str) -> SampleRows:
+    hashes = manifest["sha256"].to_numpy(dtype=object)
+    classes = sorted(manifest["label"].unique())
+    labels = pd.Index(classes).get_indexer(manifest["label"]).astype(np.int64)
+    # "key:label" = hash + (what entry_keys appends to a hash) + ":label": one new string per row
+    key_tail = entry_keys(np.array([""], dtype=object), row_digest)[0]
+    tails = np.array([f"{key_tail}:{i}" for i in range(len(classes))], dtype=object)
+    return SampleRows(row_digest, hashes, labels, classes, key_heads(hashes), hashes + tails[labels])
+
+
+HASH_DIGITS = 64  # a sha256 hex digest, as hashing writes a manifest's hashes
+
+
+def key_heads(hashes: np.ndarray) -> np.ndarray:
+    """int(h[:8], 16) of each hash (a cache key starts with its hash): one parse of them all when
+    every hash is a sha256 hex digest, else one hash at a time."""
+    width = HASH_DIGITS + 1
+    text = ",".join(hashes.tolist()).encode() + b","
+    if len(hashes) and len(text) == width * len(hashes):
+        table = np.frombuffer(text, dtype=np.uint8).reshape(-1, width)
+        if (table[:, -1] == ord(",")).all():  # so every hash has HASH_DIGITS characters
+            try:
+                return np.frombuffer(bytes.fromhex(table[:, :8].tobytes().decode()), dtype=">u4").astype(np.int64)
+            except ValueError:  # not hex: the exact parse below says where
+                pass
+    return np.array([int(h[:8], 16) for h in hashes.tolist()], dtype=np.int64)
+
+
+def shard_digest(rows: SampleRows, shard: np.ndarray) -> str:
+    """What names a shard: the rows' settings, then each row's key and label, in order."""
+    return hashing.combine([rows.row_digest, *rows.parts[shard].tolist()])
+
+
+def _summed_stats(index: dict[str, list[dict]], counts: dict[str, int], written: dict[str, dict],
+                  out: Path) -> dict[str, np.ndarray]:
+    """The train split's shard statistics summed (every split's when train is empty), in shard order.
+    A shard written here gives its own; only a reused one's header is read."""
+    total: dict[str, np.ndarray] = {}
+    for split, entries in index.items():
+        if split != "train" and counts.get("train"):
+            continue
+        for e in entries:
+            stats = written[e["file"]] if e["file"] in written else shard_stats(out / e["file"])
+            for k, v in stats.items():
+                total[k] = total.get(k, 0) + np.asarray(v, dtype=np.float64)
+    return total
 
 
 def write_class_index(out: Path, codec: Codec, report: BuildReport, decode: dict) -> None:
@@ -120,93 +178,116 @@ def write_class_index(out: Path, codec: Codec, report: BuildReport, decode: dict
 WRITERS = 3  # shards being written at once: a shard's fsync waits on the disk while the others compute
 
 
-def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, keys: list[str], labels: np.ndarray,
-                   plan: list, out: Path, cache: PreprocessCache, report: BuildReport, cfg) -> None:
-    needed = [i for _, _, rows, _ in plan for i in rows]
-    places = cache.locate(sorted({keys[i] for i in needed}))
-    have = places.keys()
-    misses, seen = [], set()
-    for i in needed:
-        if keys[i] not in have and keys[i] not in seen:
-            seen.add(keys[i])
-            misses.append(i)
-    report.decoded, report.cached = len(misses), len(needed) - len(misses)
-    rels = files_inside(root, manifest["path"].to_numpy()[misses].tolist())
+def _write_planned(codec: Codec, root: Path, manifest: pd.DataFrame, rows: SampleRows, plan: list, out: Path,
+                   cache: PreprocessCache, report: BuildReport, cfg) -> dict[str, dict]:
+    """The planned shards written from the cache, decoding only the misses; returns each written
+    shard's statistics by file name."""
+    if not plan:
+        return {}
+    plan_keys = [rows.keys(shard) for _, _, shard, _ in plan]
+    places, misses = _locate(cache, plan, plan_keys)
+    report.decoded, report.cached = len(misses), sum(map(len, plan_keys)) - len(misses)
+    rels = files_inside(root, manifest["path"].to_numpy()[list(misses.values())].tolist())
     decoded = decode_all(codec.decode, root, rels, codec.extra)
     decoded = iter(track(decoded, f"decoding {root.name}", total=len(misses), log=getattr(cfg, "log", None),
                          unit="file"))
-    last_use = {keys[i]: p for p, (_, _, rows, _) in enumerate(plan) for i in rows}
+    last_use = {key: p for p, keys in enumerate(plan_keys) for key in keys}
     fresh: dict[str, tuple[np.ndarray, int]] = {}
-    order = iter(misses)
+    order = iter(misses.items())
+    written: dict[str, dict] = {}
     # A shard's statistics, file and sync run in threads while the next shard is put together
     # (numpy, safetensors and fsync let go of the GIL); WRITERS shards in flight bound the memory.
+    # The last shard has nothing to overlap with: it is written here (starting a thread cost 3 ms).
     with ThreadPoolExecutor(WRITERS) as writer:
         writing: deque = deque()
-        for p, (split, n, rows, digest) in enumerate(plan):
-            positions: dict[str, list[int]] = {}
-            for j, i in enumerate(rows):
-                positions.setdefault(keys[i], []).append(j)
-            x = np.empty((len(rows), *codec.row_shape), dtype=codec.dtype)
-            aux = cache.read_into({k: places[k] for k in positions if k in places and k not in fresh}, positions, x)
-            new = []
-            missing = positions.keys() - aux.keys() - fresh.keys()
-            while missing:
-                i = next(order, None)
-                if i is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
-                    lost = list(dict.fromkeys(keys[j] for j in rows if keys[j] in missing))
-                    paths = [manifest["path"].iloc[rows[positions[k][0]]] for k in lost]
-                    for k, value in zip(lost, codec.decode(str(root), paths, *codec.extra)):
-                        fresh[k] = value
-                    break
-                fresh[keys[i]] = next(decoded)
-                missing.discard(keys[i])
-                new.append((keys[i], *fresh[keys[i]]))
-            cache.put_many(new)
-            for k in positions.keys() & fresh.keys():
-                row, aux[k] = fresh[k]
-                for j in positions[k]:
-                    place_row(x, j, row, k)
-            tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(labels[rows].copy())}
+        for p, ((split, n, shard, digest), keys) in enumerate(zip(plan, plan_keys)):
+            x, aux, positions = _fill_shard(codec, root, manifest, cache, places, keys, shard, fresh, order, decoded)
+            tensors = {"x": torch.from_numpy(x), "y": torch.from_numpy(rows.labels[shard])}
             if codec.aux_field:
-                tensors[codec.aux_field] = torch.tensor([aux[keys[i]] for i in rows], dtype=torch.int64)
+                tensors[codec.aux_field] = torch.tensor([aux[k] for k in keys], dtype=torch.int64)
             if len(writing) >= WRITERS:
-                writing.popleft().result()
-            writing.append(writer.submit(_finish_shard, codec, out, split, n, tensors, digest))
+                written.update(writing.popleft().result())
+            if p == len(plan) - 1:
+                written.update(_finish_shard(codec, out, split, n, tensors, digest))
+            else:
+                writing.append(writer.submit(_finish_shard, codec, out, split, n, tensors, digest))
             report.shards_written += 1
             for k in positions:
                 if last_use[k] == p:
                     fresh.pop(k, None)
         while writing:
-            writing.popleft().result()
+            written.update(writing.popleft().result())
     # Every miss was taken above; asking once more shuts the worker pool down now (not when the
     # generator is collected) and lets the progress line count the last file ("finished").
     next(decoded, None)
+    return written
 
 
-def _finish_shard(codec: Codec, out: Path, split: str, n: int, tensors: dict, digest: str) -> None:
+def _locate(cache: PreprocessCache, plan: list, plan_keys: list[list[str]]) -> tuple[dict[str, tuple], dict[str, int]]:
+    """(where the cache holds each planned key, the first manifest row of each key it lacks, in plan order)."""
+    places = cache.locate(sorted({key for keys in plan_keys for key in keys}))
+    misses: dict[str, int] = {}
+    for (_, _, shard, _), keys in zip(plan, plan_keys):
+        for i, key in zip(shard.tolist(), keys):
+            if key not in places:
+                misses.setdefault(key, i)
+    return places, misses
+
+
+def _fill_shard(codec: Codec, root: Path, manifest: pd.DataFrame, cache: PreprocessCache, places: dict,
+                keys: list[str], shard: np.ndarray, fresh: dict, order, decoded) -> tuple[np.ndarray, dict, dict]:
+    """One shard's rows (x, aux by key, positions by key): read from the cache, else taken from the
+    decoded misses (`order`, `decoded`: in the same order), which are stored and kept in `fresh`."""
+    positions: dict[str, list[int]] = {}
+    for j, key in enumerate(keys):
+        positions.setdefault(key, []).append(j)
+    x = np.empty((len(keys), *codec.row_shape), dtype=codec.dtype)
+    aux = cache.read_into({k: places[k] for k in positions if k in places and k not in fresh}, positions, x)
+    new = []
+    missing = positions.keys() - aux.keys() - fresh.keys()
+    while missing:
+        key, _i = next(order, (None, None))
+        if key is None:  # an entry left the cache since it was counted (a concurrent build pruned it)
+            lost = list(dict.fromkeys(k for k in keys if k in missing))
+            paths = [manifest["path"].iloc[shard[positions[k][0]]] for k in lost]
+            for k, value in zip(lost, codec.decode(str(root), paths, *codec.extra)):
+                fresh[k] = value
+            break
+        fresh[key] = next(decoded)
+        missing.discard(key)
+        new.append((key, *fresh[key]))
+    cache.put_many(new)
+    for k in positions.keys() & fresh.keys():
+        row, aux[k] = fresh[k]
+        for j in positions[k]:
+            place_row(x, j, row, k)
+    return x, aux, positions
+
+
+def _finish_shard(codec: Codec, out: Path, split: str, n: int, tensors: dict, digest: str) -> dict[str, dict]:
     stats = {k: [float(v) for v in np.atleast_1d(s)] for k, s in codec.stats(tensors["x"].numpy()).items()}
-    write_shard(out, split, n, tensors, stats=stats, digest=digest)
+    entry = write_shard(out, split, n, tensors, stats=stats, digest=digest)
+    return {entry["file"]: stats}
 
 
 CONTENT_CUTS_FROM = 64  # rows per shard below which shards are cut by count alone
 
 
-def cut_shards(rows: np.ndarray, keys: list[str], per_shard: int) -> list[np.ndarray]:
-    """The split's rows (manifest order) in shards of at most `per_shard` rows, cut where a row's
-    content hash says so (on average every per_shard/2 rows), as content-defined chunking does:
-    a changed, added or removed file then changes its own shard and at most its neighbour, not
-    every shard after it."""
+def cut_shards(rows: np.ndarray, heads: np.ndarray, per_shard: int) -> list[np.ndarray]:
+    """The split's rows (manifest order) in shards of at most `per_shard` rows, cut after a row
+    whose key's head (key_heads) says so (on average every per_shard/2 rows), as content-defined
+    chunking does: a changed, added or removed file then changes its own shard and at most its
+    neighbour, not every shard after it."""
     if per_shard < CONTENT_CUTS_FROM:
         return [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)]
-    every = per_shard // 2
-    out, start = [], 0
-    for pos, i in enumerate(rows):
-        if pos + 1 - start >= per_shard or int(keys[i][:8], 16) % every == 0:
-            out.append(rows[start:pos + 1])
-            start = pos + 1
-    if start < len(rows):
-        out.append(rows[start:])
-    return out
+    ends, start = [], 0
+    for cut in (np.flatnonzero(heads[rows] % (per_shard // 2) == 0) + 1).tolist():
+        ends += range(start + per_shard, cut, per_shard)  # a run without a content cut is cut when full
+        ends.append(cut)
+        start = cut
+    ends += range(start + per_shard, len(rows), per_shard)
+    starts = [0, *ends]
+    return [rows[a:b] for a, b in zip(starts, [*ends, len(rows)]) if a < b]
 
 
 def _earlier_shards(folders: list[Path]) -> dict[tuple[str, str], Path]:

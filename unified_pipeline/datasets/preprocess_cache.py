@@ -25,6 +25,7 @@ DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 <
 USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
 PACK_FROM = 64 << 10  # a batch of rows at least this big goes to a pack file, not into SQLite
 CACHE_PAGES_KIB = 32 << 10  # SQLite's page cache, at most (it grows with use; 256 MiB stored 6% faster)
+MAP_BYTES = 256 << 20  # how much of the SQLite file is read through a memory map
 ORPHAN_AGE_S = 3600.0  # an unindexed pack file older than this was left by a build that stopped
 
 
@@ -36,6 +37,11 @@ def settings_digest(kind: str, settings: dict, code: str) -> str:
 def entry_key(content_sha256: str, settings_digest: str) -> str:
     # Both parts are sha256 hex digests already: joining them is a key as unique as hashing them again.
     return f"{content_sha256}:{settings_digest[:32]}"
+
+
+def entry_keys(content_sha256: np.ndarray, settings_digest: str) -> np.ndarray:
+    """entry_key of each hash of an object array, as an object array (one numpy pass, not a call per row)."""
+    return np.asarray(content_sha256, dtype=object) + entry_key("", settings_digest)
 
 
 class PreprocessCache:
@@ -69,6 +75,9 @@ class PreprocessCache:
             # Keys are content hashes, so inserts land on random pages: with SQLite's default 2 MB of
             # cache, storing a 180,000-file lane's entries took 10 s against 0.3 s for 18,000.
             conn.execute(f"PRAGMA cache_size=-{CACHE_PAGES_KIB}")
+            # A new process looks a shard's keys up in pages it has not read yet: read through a map
+            # rather than a read() call per page, locating 1,000 keys took 9 ms instead of 13 ms.
+            conn.execute(f"PRAGMA mmap_size={MAP_BYTES}")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL, pack TEXT, offset INTEGER)")
             if "pack" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:  # a cache from before packs
@@ -307,7 +316,7 @@ def _copy_rows(path: Path, rows: list[tuple], positions: dict[str, list[int]], o
             size = os.fstat(fh.fileno()).st_size
             if size == 0 or any(place[0] + place[3] > size for _key, _aux, place in rows):
                 return False
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = _map_whole(fh.fileno())
     except FileNotFoundError:
         return False
     try:
@@ -326,3 +335,11 @@ def _copy_rows(path: Path, rows: list[tuple], positions: dict[str, list[int]], o
     finally:
         mapped.close()
     return True
+
+
+def _map_whole(fd: int) -> mmap.mmap:
+    """A read-only map of the file with its pages mapped at once where the system can (Linux): a
+    shard takes most of a pack's rows, and a page fault each took twice as long as reading them."""
+    if hasattr(mmap, "MAP_POPULATE"):
+        return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)

@@ -67,11 +67,12 @@ def write_shard(directory: Path, group: str, index: int, tensors: dict[str, torc
 
 
 def shard_stats(path: Path) -> dict:
-    """The statistics a builder stored with a shard (read from the header only)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {}).get("stats", "{}"))
+    """The statistics a builder stored with a shard, read from the header alone: a safetensors
+    file starts with its header's length (8 bytes, little-endian), then the header as JSON.
+    (Half the time of safe_open, which maps the file and checks every tensor's entry.)"""
+    with open(path, "rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    return json.loads((header.get("__metadata__") or {}).get("stats", "{}"))
 
 
 def write_groups(directory: Path, tensors: dict[str, torch.Tensor], decode: dict[str, dict],

@@ -102,7 +102,7 @@ class VisionKind:
         write_class_index(out, codec, report, {"scale": list(1 / (255.0 * std)), "shift": list(-mean / std), "axis": 1})
         meta = {
             "dataset": root.name, "kind": self.name, "data_version": version or data_version(manifest),
-            "splits": report.counts, "classes": sorted(manifest["label"].unique()), "channels": channels,
+            "splits": report.counts, "classes": report.classes, "channels": channels,
             "image_size": [h, w], "mode": mode,
             "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "scale": "pixel/255 then (v - mean) / std per channel",
@@ -114,6 +114,9 @@ class VisionKind:
     def _target_size(root: Path, manifest: pd.DataFrame, cfg: PreprocessConfig) -> tuple[int, int] | None:
         if size := _configured_size(cfg):
             return size
+        heights, widths = manifest["height"].to_numpy(), manifest["width"].to_numpy()
+        if (heights == heights[0]).all() and (widths == widths[0]).all():  # the usual lane: no sizes to count
+            return None
         sizes = Counter(zip(manifest["height"].astype(int).tolist(), manifest["width"].astype(int).tolist()))
         if len(sizes) > 1:
             common = sizes.most_common(1)[0][0]
