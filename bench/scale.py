@@ -163,6 +163,7 @@ def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int, size: int = IMA
         n = image_lane(root, factor, size) if kind == "vision" else audio_lane(root, factor, tmp)
         done.write_text(str(n))
     print(f"{name} x{factor}: {n} files ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    _read_all(root)
     home = {"UNIFIED_HOME": str(tmp / f"home_{name}_{factor}")}
     man = _step("manifest", home, str(root), kind)
     full = _step("tensors", home, str(root), kind, man["manifest"], man["version"])
@@ -196,6 +197,16 @@ def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int, size: int = IMA
         rows.append(_row(name, factor, n, "one training epoch, streamed from shards", ep["seconds"], ep,
                          note=f"{ep['samples_per_s']:.0f} samples/s, val acc {ep['val_accuracy']:.3f}"))
     return rows
+
+
+def _read_all(root: Path) -> None:
+    """Every file of the lane read once, so each timed reader finds it in the page cache: a lane
+    written in an earlier run may have left it, and the first reader would pay the disk for all."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
 
 
 def _change_one(path: Path) -> None:
@@ -241,7 +252,8 @@ def _notes(load_before: tuple) -> str:
             f"core (a colour image's tensor row is cached then, so the tensors step decodes only grey "
             f"images and audio); the tensors step reads the manifest's columns document, takes rows from the cache (decoding "
             f"misses) and writes shards. Imports (torch, the kind's module, PIL or soundfile: "
-            f"the same cost at any size) are outside the timings. Peak RSS in MB of the step's process; "
+            f"the same cost at any size) are outside the timings, and so is the disk: every file of a lane is "
+            f"read once before its first step. Peak RSS in MB of the step's process; "
             f"worker processes apart (ru_maxrss of children; spawned, so their own). Load average before "
             f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
 

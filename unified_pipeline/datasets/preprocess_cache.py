@@ -25,7 +25,6 @@ DEFAULT_MAX_BYTES = int(os.environ.get("UNIFIED_PREPROCESS_CACHE_BYTES", str(8 <
 USE_RESOLUTION_S = 600.0  # an entry's last use is recorded to within this
 PACK_FROM = 64 << 10  # a batch of rows at least this big goes to a pack file, not into SQLite
 CACHE_PAGES_KIB = 32 << 10  # SQLite's page cache, at most (it grows with use; 256 MiB stored 6% faster)
-MAP_BYTES = 256 << 20  # how much of the SQLite file is read through a memory map
 ORPHAN_AGE_S = 3600.0  # an unindexed pack file older than this was left by a build that stopped
 
 
@@ -75,9 +74,6 @@ class PreprocessCache:
             # Keys are content hashes, so inserts land on random pages: with SQLite's default 2 MB of
             # cache, storing a 180,000-file lane's entries took 10 s against 0.3 s for 18,000.
             conn.execute(f"PRAGMA cache_size=-{CACHE_PAGES_KIB}")
-            # A new process looks a shard's keys up in pages it has not read yet: read through a map
-            # rather than a read() call per page, locating 1,000 keys took 9 ms instead of 13 ms.
-            conn.execute(f"PRAGMA mmap_size={MAP_BYTES}")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL, pack TEXT, offset INTEGER)")
             if "pack" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:  # a cache from before packs
