@@ -10,7 +10,8 @@
 #
 # Sections, in this order (GPU_SESSION_SECTIONS, comma-separated, picks some):
 #   checks    pytest -m cuda: steps that never wait for the GPU, GRU on cuDNN's fused kernel
-#             under bf16, leases that make their GPU current
+#             under bf16, leases that make their GPU current, uint8 shards streamed through
+#             pinned memory training like the split held on the GPU
 #   models    every model trained on CUDA (bf16) against the CPU: samples/s, peak GPU memory
 #             (bench/gpu_models.py)
 #   busy      GPU busy fraction of the service models (bench/gpu_busy.py)
