@@ -9,7 +9,8 @@ changed against the full build. Every measured step runs in its own process so i
 Env: SCALE_IMAGE_FACTORS (default 1,10,100), SCALE_LARGE_IMAGE_FACTORS (96x96 images; default 10),
 SCALE_AUDIO_FACTORS (default 1,10),
 SCALE_ONE_CORE_UPTO (largest factor also built on one core; default 10), SCALE_DATA_DIR (keep the
-generated lanes there between runs instead of in a temporary folder).
+generated lanes there between runs instead of in a temporary folder), SCALE_EPOCH_DEVICE (where the
+streamed epoch trains; default cpu, e.g. cuda:0).
 """
 from __future__ import annotations
 
@@ -118,11 +119,12 @@ def step_epoch(folder: str) -> dict:
     bundle = TensorBundle.load(folder, in_memory_bytes=0)  # kept on disk at every size: the bounded path
     train, val = bundle.split("train"), bundle.split("val")
     model = vision_cnn.build(bundle.meta, {"widths": [8, 16]})
-    cfg = TrainerConfig(epochs=1, batch_size=256, loader_threshold_bytes=0, loader_workers=2, checkpoint_interval=0)
+    cfg = TrainerConfig(epochs=1, batch_size=256, loader_threshold_bytes=0, loader_workers=2, checkpoint_interval=0,
+                        device=os.environ.get("SCALE_EPOCH_DEVICE", "cpu"))
     trainer = Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn, checkpoint_dir=None)
     t0 = time.perf_counter()
     summary = trainer.fit((train["x"], train["y"]), (val["x"], val["y"]))
-    return {"seconds": time.perf_counter() - t0, "samples_per_s": summary.samples_per_s,
+    return {"seconds": time.perf_counter() - t0, "samples_per_s": summary.samples_per_s, "device": summary.device,
             "val_accuracy": summary.best_metric, "train_rows": len(train["y"]), **_peaks()}
 
 
@@ -195,7 +197,8 @@ def _lane(kind: str, factor: int, tmp: Path, one_core_upto: int, size: int = IMA
     if name == "vision":  # (the epoch's memory is measured at 1x, 10x and 100x; at 96x96 it takes minutes)
         ep = _step("epoch", {"UNIFIED_TENSORS_IN_MEMORY_BYTES": "0"}, full["folder"])
         rows.append(_row(name, factor, n, "one training epoch, streamed from shards", ep["seconds"], ep,
-                         note=f"{ep['samples_per_s']:.0f} samples/s, val acc {ep['val_accuracy']:.3f}"))
+                         note=f"{ep['samples_per_s']:.0f} samples/s, val acc {ep['val_accuracy']:.3f}"
+                              + ("" if ep["device"] == "cpu" else f", on {ep['device']}")))
     return rows
 
 
