@@ -137,12 +137,8 @@ def test_lease_makes_its_gpu_current(tmp_path, monkeypatch):
 def test_shards_streamed_to_the_gpu_train_like_the_split_held_on_it(tmp_path, monkeypatch):
     """uint8 shards read by loader workers, pinned, and decoded on the GPU reach the weights the
     same split copied to the GPU whole reaches (within cuDNN's run-to-run float differences)."""
-    from test_shards import _images, _manifest
+    from test_shards import fit_in_memory_then_streamed
 
-    from unified_pipeline.datasets.base import PreprocessConfig, TensorBundle
-    from unified_pipeline.datasets.preprocess_cache import PreprocessCache
-    from unified_pipeline.datasets.shards import MappedRows
-    from unified_pipeline.datasets.vision import KIND as VISION
     from unified_pipeline.training import trainer as trainer_module
 
     pinned = []
@@ -155,21 +151,7 @@ def test_shards_streamed_to_the_gpu_train_like_the_split_held_on_it(tmp_path, mo
 
     monkeypatch.setattr(trainer_module, "stream_batches", watched)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    root = _images(tmp_path / "ds", per_class=16)
-    out = tmp_path / "t"
-    VISION.write_tensors(root, _manifest(root), PreprocessConfig(), out, cache=PreprocessCache(None))
-    weights = []
-    for budget in (1 << 30, 0):
-        bundle = TensorBundle.load(out, in_memory_bytes=budget)
-        train, val = bundle.split("train"), bundle.split("val")
-        assert isinstance(train["x"], MappedRows) == (budget == 0)
-        torch.manual_seed(0)
-        model = vision_cnn.build(bundle.meta, {"widths": [4, 8]})
-        cfg = TrainerConfig(epochs=2, batch_size=4, device="cuda:0", loader_threshold_bytes=budget,
-                            loader_workers=2, seed=1, checkpoint_interval=0)
-        Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn,
-                checkpoint_dir=None).fit((train["x"], train["y"]), (val["x"], val["y"]))
-        weights.append({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    weights = fit_in_memory_then_streamed(tmp_path, device="cuda:0", checkpoint_interval=0)
     assert True in pinned, "the streamed run did not go through a pinned DataLoader"
     for k, v in weights[0].items():
         torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -206,7 +206,9 @@ def test_single_file_folders_from_before_shards_still_load(tmp_path):
     assert torch.equal(got.split("train")["x"], x) and got.sidecars == {"samples": {"train": ["a"]}}
 
 
-def test_streamed_uint8_images_decoded_at_the_device_train_like_in_memory(tmp_path):
+def fit_in_memory_then_streamed(tmp_path, **cfg) -> list[dict]:
+    """The weights (on the CPU) after the same fit of a small image lane's shards, first held in
+    memory, then streamed from disk as uint8 and decoded on the training device."""
     from unified_pipeline.models import vision_cnn
     from unified_pipeline.training.classification import classification_metric_fn, cross_entropy_loss
     from unified_pipeline.training.trainer import Trainer, TrainerConfig
@@ -221,10 +223,15 @@ def test_streamed_uint8_images_decoded_at_the_device_train_like_in_memory(tmp_pa
         assert isinstance(train["x"], MappedRows) == (budget == 0)
         torch.manual_seed(0)
         model = vision_cnn.build(bundle.meta, {"widths": [4, 8]})
-        cfg = TrainerConfig(epochs=2, batch_size=4, loader_threshold_bytes=budget, loader_workers=2, seed=1)
-        Trainer(model, cfg, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn,
+        config = TrainerConfig(epochs=2, batch_size=4, loader_threshold_bytes=budget, loader_workers=2, seed=1, **cfg)
+        Trainer(model, config, loss_fn=cross_entropy_loss, metric_fn=classification_metric_fn,
                 checkpoint_dir=None).fit((train["x"], train["y"]), (val["x"], val["y"]))
-        weights.append(model.state_dict())
+        weights.append({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return weights
+
+
+def test_streamed_uint8_images_decoded_at_the_device_train_like_in_memory(tmp_path):
+    weights = fit_in_memory_then_streamed(tmp_path)
     for k, v in weights[0].items():
         assert torch.equal(weights[1][k], v), k
 

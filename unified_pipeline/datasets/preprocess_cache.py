@@ -73,6 +73,8 @@ class PreprocessCache:
             conn.execute("PRAGMA synchronous=NORMAL")
             # Keys are content hashes, so inserts land on random pages: with SQLite's default 2 MB of
             # cache, storing a 180,000-file lane's entries took 10 s against 0.3 s for 18,000.
+            # (No mmap_size: mapped pages count in the process's RSS, 110 MB more at 180,000 files,
+            # and reading through the map saved no measurable time.)
             conn.execute(f"PRAGMA cache_size=-{CACHE_PAGES_KIB}")
             conn.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, "
                          "aux INTEGER, data BLOB, nbytes INTEGER, used REAL, pack TEXT, offset INTEGER)")
